@@ -1,0 +1,65 @@
+"""Where the studio keeps what the user owns: the data directory and its fixed sub-folders.
+
+Knows nothing about what lives in those folders; only their names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "LORA_STUDIO_HOME"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RESOURCES_DIR = REPO_ROOT / "resources"
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """The layout of `$LORA_STUDIO_HOME` (see DESIGN.md)."""
+
+    root: Path
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def adapters(self) -> Path:
+        return self.root / "adapters"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def trash(self) -> Path:
+        return self.root / "trash"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "studio.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def ensure(self) -> DataDir:
+        for folder in (self.models, self.adapters, self.runs, self.trash, self.logs):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def default_home() -> Path:
+    """`$LORA_STUDIO_HOME` if set, else the platform's per-user data folder."""
+    configured = os.environ.get(HOME_ENV)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("LoRA Studio", "LoRA Studio"))
+
+
+def data_dir(root: Path | str | None = None) -> DataDir:
+    """The data directory (created if missing)."""
+    return DataDir(Path(root) if root is not None else default_home()).ensure()

@@ -1,0 +1,1 @@
+"""Everything that touches torch, transformers, peft and bitsandbytes. Never imports Qt."""

