@@ -52,3 +52,24 @@ def make_tiny_base(folder: Path, *, hidden_size: int = 64, layers: int = 2, seed
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_tiny_adapter(base_dir: Path, out_dir: Path, *, base_name: str = "tiny-llama", rank: int = 4,
+                      targets: tuple[str, ...] = ("q_proj", "v_proj"), seed: int = 0) -> Path:
+    """Save a real peft LoRA adapter over the tiny base, claiming `base_name` as its base model."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(out_dir)
+    config_path = out_dir / "adapter_config.json"
+    saved = json.loads(config_path.read_text())
+    saved["base_model_name_or_path"] = base_name
+    config_path.write_text(json.dumps(saved, indent=2))
+    return out_dir

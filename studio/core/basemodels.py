@@ -234,7 +234,8 @@ def download_base_model(repo_id: str, data: DataDir,
         raise StudioError(f"Could not download {repo_id}: the Hugging Face Hub is not reachable "
                           f"({type(err).__name__}).",
                           hint="Check your internet connection, or pick a model already on disk.") from err
-    except Exception as err:  # the hub client raises many request-library errors offline
-        raise StudioError(f"Could not download {repo_id}: {err}",
-                          hint="Check the model id and your internet connection.") from err
+    except Exception as err:  # the hub client raises its HTTP library's own errors offline
+        raise StudioError(f"Could not download {repo_id}: the Hugging Face Hub did not answer ({err}).",
+                          hint="Check the model id and your internet connection, or pick a model "
+                               "already on disk.") from err
     return inspect_base_model(target, model_id=repo_id, source="studio")

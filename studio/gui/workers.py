@@ -1,0 +1,57 @@
+"""Run long studio jobs off the GUI thread and hand their results back as queued Qt signals.
+
+A job is a plain callable from studio.core / studio.ml. It runs in a QThreadPool worker; its result,
+error, or progress events come back through signals, which Qt delivers on the GUI thread. Widgets
+are never touched from the worker. Knows nothing about what the jobs do.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+log = logging.getLogger(__name__)
+
+
+class JobSignals(QObject):
+    event = Signal(object)       # progress events emitted by the job through its `emit` argument
+    finished = Signal(object)    # the job's return value
+    failed = Signal(object, str)  # the exception and its formatted traceback
+
+
+class Job(QRunnable):
+    """Runs `func(emit)` in a pool thread; `emit(event)` re-emits `event` as a queued signal."""
+
+    def __init__(self, func: Callable[[Callable[[Any], None]], Any]) -> None:
+        super().__init__()
+        self.func = func
+        self.signals = JobSignals()
+
+    def run(self) -> None:
+        try:
+            result = self.func(self.signals.event.emit)
+        except BaseException as err:  # noqa: BLE001 - reported to the GUI, never lost in a thread
+            log.exception("Background job failed")
+            self.signals.failed.emit(err, traceback.format_exc())
+        else:
+            self.signals.finished.emit(result)
+
+
+def start_job(func: Callable[[Callable[[Any], None]], Any], *, on_done: Callable[[Any], None] | None = None,
+              on_error: Callable[[BaseException, str], None] | None = None,
+              on_event: Callable[[Any], None] | None = None, parent: QObject | None = None) -> Job:
+    job = Job(func)
+    if parent is not None:
+        job.signals.setParent(parent)  # slots die with the widget instead of firing on a dead one
+    if on_done:
+        job.signals.finished.connect(on_done)
+    if on_error:
+        job.signals.failed.connect(on_error)
+    if on_event:
+        job.signals.event.connect(on_event)
+    QThreadPool.globalInstance().start(job)
+    return job

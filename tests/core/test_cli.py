@@ -1,0 +1,66 @@
+"""The CLI verbs of the foundation: --json gives one object on stdout, errors go to stderr with exit 1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from studio.cli import run
+from tests.tiny_model import make_tiny_adapter
+
+
+def _json(capsys, argv: list[str]) -> dict:
+    code = run([*argv[:1], *argv[1:], "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def test_library_round_trip_through_the_cli(capsys, studio_home, tiny_base_dir: Path, tmp_path: Path):
+    shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
+    adapter = make_tiny_adapter(tiny_base_dir, tmp_path / "plain-peft")
+
+    models = _json(capsys, ["models", "--no-hf-cache"])
+    assert [m["id"] for m in models["models"]] == ["tiny-llama"]
+    assert _json(capsys, ["list"])["adapters"] == []
+
+    imported = _json(capsys, ["import", str(adapter), "--name", "pirate"])
+    adapter_id = imported["id"]
+    listed = _json(capsys, ["list"])["adapters"]
+    assert [a["id"] for a in listed] == [adapter_id]
+    shown = _json(capsys, ["show", "pirate"])
+    assert shown["manifest"]["name"] == "pirate"
+    assert shown["manifest"]["base_model"] == "tiny-llama"
+
+    exported = _json(capsys, ["export", adapter_id, str(tmp_path / "out.zip"), "--zip"])
+    assert Path(exported["path"]).is_file()
+
+    trash_id = _json(capsys, ["rm", adapter_id])["trash_id"]
+    assert _json(capsys, ["list"])["adapters"] == []
+    restored = _json(capsys, ["restore", trash_id])
+    assert restored["id"] == adapter_id
+    assert len(_json(capsys, ["list"])["adapters"]) == 1
+
+
+def test_errors_go_to_stderr_with_nonzero_exit(capsys, studio_home, tmp_path: Path):
+    not_an_adapter = tmp_path / "holiday-photos"
+    not_an_adapter.mkdir()
+    (not_an_adapter / "beach.jpg").write_bytes(b"\xff\xd8\xff")
+    code = run(["import", str(not_an_adapter), "--json"])
+    out = capsys.readouterr()
+    assert code == 1
+    assert out.out == ""
+    assert out.err.startswith("error: ") and "adapter_config.json" in out.err
+    code = run(["show", "no-such-adapter"])
+    out = capsys.readouterr()
+    assert code == 1 and "no-such-adapter" in out.err
+
+
+def test_console_script_runs_with_home_from_env(studio_home):
+    result = subprocess.run([sys.executable, "-m", "studio", "list", "--json"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"adapters": [], "problems": []}

@@ -1,0 +1,50 @@
+"""The first window: it opens offscreen, lists the real library, and shows before torch is imported."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_window_lists_library_and_switches_panels(qtbot, studio_home, tiny_base_dir: Path, tmp_path):
+    from studio.gui.main_window import MainWindow
+    from tests.tiny_model import make_tiny_adapter
+
+    shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
+    adapter = make_tiny_adapter(tiny_base_dir, tmp_path / "adapter")
+    from studio.core.library import AdapterLibrary
+
+    AdapterLibrary(studio_home).import_path(adapter, name="pirate-voice")
+    window = MainWindow(studio_home)
+    qtbot.addWidget(window)
+    window.show()
+    with qtbot.waitSignal(window.library_panel.refreshed, timeout=10_000) as blocker:
+        window.library_panel.refresh()
+    assert blocker.args == [1]
+    table = window.library_panel.table
+    assert table.item(0, 0).text() == "pirate-voice"
+    window.sidebar.setCurrentRow(3)
+    assert window.stack.currentIndex() == 3
+    qtbot.waitUntil(lambda: window.device_label.text() != "Device: detecting…", timeout=60_000)
+    assert "CPU" in window.device_label.text() or "GPU" in window.device_label.text() or \
+        "NVIDIA" in window.device_label.text()
+
+
+def test_window_shows_before_torch_is_imported(studio_home):
+    code = (
+        "import sys\n"
+        "from studio.gui.app import make_app\n"
+        "from studio.core.paths import data_dir\n"
+        "from studio.gui.main_window import MainWindow\n"
+        "app = make_app([])\n"
+        "window = MainWindow(data_dir())\n"
+        "window.show()\n"
+        "app.processEvents()\n"
+        "print('visible', window.isVisible(), 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert "visible True False" in result.stdout, result.stdout + result.stderr
