@@ -251,7 +251,7 @@ def _load_verb_modules() -> None:
     """Import the modules that register more verbs (kept out of this file to keep it short)."""
     import importlib
 
-    for name in ("studio.cli_data", "studio.cli_train"):
+    for name in ("studio.cli_data", "studio.cli_train", "studio.cli_blend", "studio.cli_chat"):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as err:
