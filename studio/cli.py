@@ -173,6 +173,14 @@ def cmd_tag(args: argparse.Namespace, data: DataDir) -> Output:
     return Output(entry.to_dict(), f"{entry.manifest.name}: tags {', '.join(entry.manifest.tags) or '(none)'}")
 
 
+@verb("install-shortcut", "add a desktop / start-menu entry with the icon")
+def cmd_install_shortcut(args: argparse.Namespace, data: DataDir) -> Output:
+    from studio.core.shortcuts import install_shortcut
+
+    paths = install_shortcut()
+    return Output({"shortcuts": [str(p) for p in paths]}, "Added: " + ", ".join(str(p) for p in paths))
+
+
 # ---------------------------------------------------------------- parser and main
 
 
@@ -212,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter")
     p.add_argument("--add", nargs="*")
     p.add_argument("--remove", nargs="*")
+    add("install-shortcut")
     for extra in EXTRA_PARSERS:
         extra(sub, add)
     return parser

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from logging.handlers import RotatingFileHandler
 
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from studio import APP_NAME, ORG_NAME, __version__
-from studio.core.paths import data_dir
+from studio.core.paths import RESOURCES_DIR, data_dir
+
+EXIT_AFTER_SHOWN_ENV = "LORA_STUDIO_EXIT_AFTER_SHOWN"
+SHOWN_MARKER = "LORA_STUDIO_WINDOW_SHOWN"
 
 
 def setup_logging(log_dir) -> None:
@@ -25,6 +32,7 @@ def make_app(argv: list[str] | None = None) -> QApplication:
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(ORG_NAME)
     app.setApplicationVersion(__version__)
+    app.setWindowIcon(QIcon(str(RESOURCES_DIR / "icons" / "lora-studio.png")))
     return app
 
 
@@ -35,5 +43,20 @@ def run_gui(argv: list[str]) -> int:
     from studio.gui.main_window import MainWindow
 
     window = MainWindow(data)
+    if os.environ.get(EXIT_AFTER_SHOWN_ENV):
+        window.shown.connect(lambda: report_shown_and_quit(app))
     window.show()
     return app.exec()
+
+
+def seconds_since_process_start() -> float:
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+def report_shown_and_quit(app: QApplication) -> None:
+    """For launcher tests and the start-up benchmark: say the window is up, then leave."""
+    print(f"{SHOWN_MARKER} after {seconds_since_process_start():.2f} s; torch imported: "
+          f"{'torch' in sys.modules}", flush=True)
+    QTimer.singleShot(0, app.quit)
