@@ -38,7 +38,14 @@ def make_app(argv: list[str] | None = None) -> QApplication:
 
 def run_gui(argv: list[str]) -> int:
     app = make_app(argv)
-    data = data_dir()
+    from PySide6.QtCore import QSettings
+
+    from studio.gui.settings_dialog import DATA_DIR_KEY, THEME_KEY, apply_theme
+
+    settings = QSettings()
+    apply_theme(app, settings.value(THEME_KEY, "system", type=str))
+    chosen_home = settings.value(DATA_DIR_KEY, "", type=str)
+    data = data_dir(chosen_home) if chosen_home and not os.environ.get("LORA_STUDIO_HOME") else data_dir()
     setup_logging(data.logs)
     from studio.gui.main_window import MainWindow
 

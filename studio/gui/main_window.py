@@ -19,9 +19,12 @@ from studio import APP_NAME, __version__
 from studio.core.basemodels import DEFAULT_BASE_ID
 from studio.core.paths import DataDir
 from studio.gui.library_panel import LibraryPanel
+from studio.gui.settings_dialog import SettingsDialog
+from studio.gui.welcome import WelcomePage
 from studio.gui.workers import start_job
 
 log = logging.getLogger(__name__)
+WELCOME_DONE_KEY = "welcome/done"
 
 
 def placeholder(title: str, text: str) -> QWidget:
@@ -71,11 +74,14 @@ class MainWindow(QMainWindow):
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
         self.sidebar.setCurrentRow(0)
 
-        central = QWidget()
-        layout = QHBoxLayout(central)
+        panels_page = QWidget()
+        layout = QHBoxLayout(panels_page)
         layout.addWidget(self.sidebar)
         layout.addWidget(self.stack, 1)
-        self.setCentralWidget(central)
+        # The root stack holds the panels, and the welcome page in front of them on a first run.
+        self.root_stack = QStackedWidget()
+        self.root_stack.addWidget(panels_page)
+        self.setCentralWidget(self.root_stack)
         self._build_menu()
 
         self.base_label = QLabel(f"Base: {DEFAULT_BASE_ID}")
@@ -92,14 +98,41 @@ class MainWindow(QMainWindow):
         geometry = self.settings.value("main/geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
+        self.welcome: WelcomePage | None = None
+        if not self.settings.value(WELCOME_DONE_KEY, False, type=bool):
+            self.show_welcome()
+
+    def show_welcome(self) -> None:
+        """The first-run page, on top of the panels until the user moves on."""
+        self.welcome = WelcomePage(self.data)
+        self.welcome.dismissed.connect(self.close_welcome)
+        self.welcome.try_it_requested.connect(self.try_it)
+        self.root_stack.addWidget(self.welcome)
+        self.root_stack.setCurrentWidget(self.welcome)
+
+    def close_welcome(self) -> None:
+        self.settings.setValue(WELCOME_DONE_KEY, True)
+        if self.welcome is not None:
+            self.root_stack.removeWidget(self.welcome)
+            self.welcome.deleteLater()
+            self.welcome = None
+        self.root_stack.setCurrentIndex(0)
+        self.sidebar.setCurrentRow(0)
+
+    def try_it(self, sample_folder) -> None:
+        """Hook for the sample-dataset demo; the Train panel takes it over when present."""
+        self.close_welcome()
+        self.sidebar.setCurrentRow(1)
 
     def _build_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
         import_action = QAction("&Import adapter…", self, shortcut=QKeySequence("Ctrl+I"))
         import_action.triggered.connect(self.library_panel.ask_import)
+        settings_action = QAction("&Settings…", self, shortcut=QKeySequence("Ctrl+,"))
+        settings_action.triggered.connect(lambda: SettingsDialog(self).exec())
         quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
-        file_menu.addActions([import_action, quit_action])
+        file_menu.addActions([import_action, settings_action, quit_action])
         help_menu = self.menuBar().addMenu("&Help")
         about = QAction("&About", self)
         about.triggered.connect(self.show_about)
@@ -118,6 +151,8 @@ class MainWindow(QMainWindow):
         super().showEvent(event)
         if not getattr(self, "_probed", False):
             self._probed = True
+            if self.welcome is not None:
+                QTimer.singleShot(300, self.welcome.start_probes)
             # After the first paint: the device probe imports torch, which takes seconds.
             QTimer.singleShot(200, lambda: start_job(probe_device, on_done=self._set_device,
                                                       on_error=lambda e, d: self._set_device("unknown"),

@@ -53,7 +53,7 @@ def test_errors_go_to_stderr_with_nonzero_exit(capsys, studio_home, tmp_path: Pa
     out = capsys.readouterr()
     assert code == 1
     assert out.out == ""
-    assert out.err.startswith("error: ") and "adapter_config.json" in out.err
+    assert out.err.startswith("error: ") and "holiday-photos" in out.err
     code = run(["show", "no-such-adapter"])
     out = capsys.readouterr()
     assert code == 1 and "no-such-adapter" in out.err

@@ -33,7 +33,7 @@ def test_linux_launcher_installs_once_then_starts(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     # The launcher must build its own venv, not reuse ours: start from the system PATH.
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
-    env.update(QT_QPA_PLATFORM="offscreen", LORA_STUDIO_HOME=str(tmp_path / "home"),
+    env.update(QT_QPA_PLATFORM="offscreen", LORA_STUDIO_HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "config"),
                LORA_STUDIO_EXIT_AFTER_SHOWN="1", LORA_STUDIO_FORCE_CPU="1", LORA_STUDIO_NO_UV="1")
     launcher = app / "packaging" / "linux" / "lora-studio.sh"
 

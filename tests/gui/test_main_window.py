@@ -33,7 +33,7 @@ def test_window_lists_library_and_switches_panels(qtbot, studio_home, tiny_base_
         "NVIDIA" in window.device_label.text()
 
 
-def test_window_shows_before_torch_is_imported(studio_home):
+def test_window_shows_before_torch_is_imported(studio_home, tmp_path):
     code = (
         "import sys\n"
         "from studio.gui.app import make_app\n"
@@ -46,5 +46,23 @@ def test_window_shows_before_torch_is_imported(studio_home):
         "print('visible', window.isVisible(), 'torch' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+                            env={**os.environ, "QT_QPA_PLATFORM": "offscreen",
+                                 "XDG_CONFIG_HOME": str(tmp_path / "config")})
     assert "visible True False" in result.stdout, result.stdout + result.stderr
+
+
+def test_welcome_appears_on_first_start_only(qtbot, studio_home):
+    from studio.gui.main_window import MainWindow
+
+    first = MainWindow(studio_home)
+    qtbot.addWidget(first)
+    assert first.welcome is not None
+    first.show()
+    qtbot.waitExposed(first)
+    assert first.root_stack.currentWidget() is first.welcome
+    first.welcome.dismissed.emit()
+    assert first.welcome is None and first.stack.currentIndex() == 0
+    assert first.root_stack.currentIndex() == 0
+    second = MainWindow(studio_home)
+    qtbot.addWidget(second)
+    assert second.welcome is None

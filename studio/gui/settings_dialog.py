@@ -1,0 +1,81 @@
+"""The settings dialog (data directory, default base model, theme) and the theme itself.
+
+Settings are UI state, so they live in QSettings; the data directory chosen here is applied at the
+next start through LORA_STUDIO_HOME. Knows nothing about the panels.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSettings
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import (
+    QApplication, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit,
+    QPushButton, QWidget,
+)
+
+from studio.core.basemodels import DEFAULT_BASE_ID
+
+THEME_KEY = "ui/theme"
+DATA_DIR_KEY = "ui/data_dir"
+BASE_MODEL_KEY = "ui/default_base"
+
+
+def apply_theme(app: QApplication, theme: str) -> None:
+    """Fusion style with a light or dark palette ("system" keeps the platform's look)."""
+    if theme == "system":
+        return
+    app.setStyle("Fusion")
+    palette = QPalette()
+    if theme == "dark":
+        colors = {
+            QPalette.ColorRole.Window: "#2b2b2e", QPalette.ColorRole.WindowText: "#e6e6e6",
+            QPalette.ColorRole.Base: "#1f1f22", QPalette.ColorRole.AlternateBase: "#2b2b2e",
+            QPalette.ColorRole.Text: "#e6e6e6", QPalette.ColorRole.Button: "#35353a",
+            QPalette.ColorRole.ButtonText: "#e6e6e6", QPalette.ColorRole.Highlight: "#3d6fb4",
+            QPalette.ColorRole.HighlightedText: "#ffffff", QPalette.ColorRole.ToolTipBase: "#35353a",
+            QPalette.ColorRole.ToolTipText: "#e6e6e6", QPalette.ColorRole.PlaceholderText: "#8a8a8a",
+        }
+        for role, color in colors.items():
+            palette.setColor(role, QColor(color))
+    app.setPalette(palette)
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.settings = QSettings()
+        self.data_dir_edit = QLineEdit(self.settings.value(DATA_DIR_KEY, "", type=str))
+        self.data_dir_edit.setPlaceholderText("default: the platform's user data folder")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.data_dir_edit, 1)
+        row.addWidget(browse)
+        self.base_edit = QLineEdit(self.settings.value(BASE_MODEL_KEY, DEFAULT_BASE_ID, type=str))
+        self.theme_combo = QComboBox()
+        self.theme_combo.addItems(["system", "light", "dark"])
+        self.theme_combo.setCurrentText(self.settings.value(THEME_KEY, "system", type=str))
+
+        form = QFormLayout(self)
+        form.addRow("Data directory (next start)", row)
+        form.addRow("Default base model", self.base_edit)
+        form.addRow("Theme", self.theme_combo)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Data directory")
+        if folder:
+            self.data_dir_edit.setText(folder)
+
+    def accept(self) -> None:
+        self.settings.setValue(DATA_DIR_KEY, self.data_dir_edit.text().strip())
+        self.settings.setValue(BASE_MODEL_KEY, self.base_edit.text().strip() or DEFAULT_BASE_ID)
+        self.settings.setValue(THEME_KEY, self.theme_combo.currentText())
+        app = QApplication.instance()
+        if isinstance(app, QApplication):
+            apply_theme(app, self.theme_combo.currentText())
+        super().accept()
