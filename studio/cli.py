@@ -137,10 +137,19 @@ def cmd_import(args: argparse.Namespace, data: DataDir) -> Output:
     return Output(entry.to_dict(), text)
 
 
-@verb("export", "export an adapter as a plain peft folder or .zip")
+@verb("export", "export an adapter (peft folder, .zip or Ollama bundle), smoke-tested")
 def cmd_export(args: argparse.Namespace, data: DataDir) -> Output:
-    dest = _library(data).export(args.adapter, Path(args.dest), as_zip=args.zip)
-    return Output({"path": str(dest)}, f"Exported to {dest}")
+    fmt = "zip" if args.zip else args.format
+    if args.no_smoke_test:
+        if fmt == "ollama":
+            raise StudioError("--no-smoke-test is for peft folders and zips; use `export-ollama` for Ollama.")
+        dest = _library(data).export(args.adapter, Path(args.dest), as_zip=fmt == "zip")
+        return Output({"path": str(dest), "format": fmt, "smoke": None}, f"Exported to {dest} (not smoke-tested)")
+    from studio.ml.export_library import export_adapter
+
+    result = export_adapter(_library(data), args.adapter, Path(args.dest), fmt=fmt)
+    return Output(result.to_dict(), f"Exported to {result.path}; smoke test answered: "
+                                    f"{result.smoke.to_dict().get('answer', '')!r}")
 
 
 @verb("rm", "move an adapter to the trash (restore with `restore`)")
@@ -210,7 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export")
     p.add_argument("adapter")
     p.add_argument("dest", help="destination folder, or .zip file with --zip")
-    p.add_argument("--zip", action="store_true")
+    p.add_argument("--zip", action="store_true", help="same as --format zip")
+    p.add_argument("--format", choices=["peft", "zip", "ollama"], default="peft")
+    p.add_argument("--no-smoke-test", action="store_true",
+                   help="skip loading the export back and asking it a probe prompt")
     add("rm").add_argument("adapter")
     add("restore").add_argument("trash_id", nargs="?")
     p = add("rename")
@@ -236,6 +248,9 @@ def run(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # bitsandbytes warns on every CPU run that it cannot fetch optional kernels from the hub.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if not args.verb:
         parser.print_help()
         return 2
