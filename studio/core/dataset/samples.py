@@ -1,0 +1,68 @@
+"""The data types that flow through the dataset pipeline: parsed samples, tokenized samples, results.
+
+A `Sample` is what a file reader understood of one record (a conversation or a piece of prose), with
+the place it came from. A `TokenizedSample` is the same thing as token ids and labels for one base
+model's tokenizer. This module knows nothing about files, tokenizers or torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from studio.core.dataset.report import DataReport
+
+ROLES = ("system", "user", "assistant")
+IGNORE_INDEX = -100  # label value for tokens that take no loss (torch's CrossEntropyLoss default)
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training example as read from the folder, before tokenization."""
+
+    kind: Literal["chat", "text"]
+    source: str  # "relative/path.jsonl:12"
+    messages: tuple[Message, ...] = ()  # kind == "chat"
+    text: str = ""  # kind == "text"
+    text_is_file: bool = False  # the text is a whole .txt/.md file, so its lines are the file's lines
+
+    def dedup_key(self) -> str:
+        """Whitespace-normalised identity used to find exact duplicates."""
+        if self.kind == "text":
+            return "text\x00" + " ".join(self.text.split())
+        return "chat\x00" + "\x00".join(f"{m.role}\x01{' '.join(m.content.split())}" for m in self.messages)
+
+
+@dataclass(frozen=True)
+class TokenizedSample:
+    input_ids: list[int]
+    labels: list[int]  # -100 where no loss is taken
+    source: str  # "relative/path.jsonl:12"
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+@dataclass
+class ScanResult:
+    """What `scan_folder` found: the usable samples and the report (without token statistics)."""
+
+    samples: list[Sample]
+    report: DataReport
+
+
+@dataclass
+class PreparedDataset:
+    train: list[TokenizedSample]
+    validation: list[TokenizedSample]
+    report: DataReport
