@@ -1,0 +1,207 @@
+"""The typed events a training run reports, and their JSON form in runs/<run-id>/metrics.jsonl.
+
+One frozen dataclass per kind (RunStarted, Step, Eval, Memory, Sample, Checkpoint, Warning,
+OOMRecovered, Stopped, Finished, Failed). `to_dict()` gives a JSON-able dict with a "type" key;
+`event_from_dict()` and `read_events()` turn metrics.jsonl lines back into the same objects.
+This module knows nothing about torch, the Trainer or Qt: it only describes what happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Event:
+    kind: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class RunStarted(_Event):
+    """A run (or a resumed / OOM-restarted attempt of it) begins."""
+
+    kind: ClassVar[str] = "run_started"
+    run_id: str
+    run_dir: str
+    base_model: str
+    device: str  # "cuda" | "cpu" | "mps"
+    device_name: str
+    quant: str  # "4bit" | "8bit" | "none"
+    dtype: str  # compute dtype: "bf16" | "fp16" | "fp32"
+    method: str
+    max_steps: int
+    start_step: int  # > 0 when resuming from a checkpoint
+    train_rows: int  # packed rows of up to seq_len tokens
+    train_samples: int
+    validation_samples: int
+    micro_batch_size: int
+    grad_accum: int
+    seq_len: int
+    trainable_params: int
+    total_params: int
+    resumed_from: str | None = None  # checkpoint folder
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Step(_Event):
+    """One optimizer step finished."""
+
+    kind: ClassVar[str] = "step"
+    step: int
+    max_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    grad_norm: float | None
+    tokens_per_second: float
+    samples_per_second: float
+    mfu: float | None  # model FLOPs utilisation, 0..1; None on a CPU or an unknown GPU
+    eta_seconds: float
+    micro_batch_size: int
+    tokens_seen: int = 0
+    step_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Eval(_Event):
+    kind: ClassVar[str] = "eval"
+    step: int
+    eval_loss: float
+    is_best: bool = False
+
+
+@dataclass(frozen=True)
+class Memory(_Event):
+    """Bytes: CUDA allocated/reserved/peak (process RSS on a CPU), RSS, and the device's total."""
+
+    kind: ClassVar[str] = "memory"
+    step: int
+    allocated: int
+    reserved: int
+    peak: int
+    rss: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Sample(_Event):
+    """A greedy answer to a probe prompt, generated during training."""
+
+    kind: ClassVar[str] = "sample"
+    step: int
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class Checkpoint(_Event):
+    kind: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+    is_best: bool = False
+
+
+@dataclass(frozen=True)
+class Warning(_Event):  # noqa: A001 - the event kind is called Warning on purpose
+    kind: ClassVar[str] = "warning"
+    step: int
+    message: str
+
+
+@dataclass(frozen=True)
+class OOMRecovered(_Event):
+    """Out of memory: the micro batch was halved (gradient accumulation doubled) and the run goes on."""
+
+    kind: ClassVar[str] = "oom_recovered"
+    step: int
+    new_micro_batch: int
+    new_grad_accum: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Stopped(_Event):
+    """The user stopped the run; `checkpoint` resumes it."""
+
+    kind: ClassVar[str] = "stopped"
+    step: int
+    checkpoint: str | None
+
+
+@dataclass(frozen=True)
+class Finished(_Event):
+    kind: ClassVar[str] = "finished"
+    adapter_id: str
+    path: str
+    final_loss: float | None
+    eval_loss: float | None  # of the kept (best) adapter
+    tokens_seen: int
+    tokens_per_second: float
+    peak_memory: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Failed(_Event):
+    kind: ClassVar[str] = "failed"
+    step: int
+    message: str
+    hint: str
+    checkpoint: str | None  # the last complete checkpoint, intact, when there is one
+
+
+TrainWarning = Warning  # for callers that would rather not shadow the builtin name
+
+Event = (RunStarted | Step | Eval | Memory | Sample | Checkpoint | Warning | OOMRecovered | Stopped | Finished
+         | Failed)
+EVENT_TYPES: dict[str, type] = {cls.kind: cls for cls in (RunStarted, Step, Eval, Memory, Sample, Checkpoint,
+                                                           Warning, OOMRecovered, Stopped, Finished, Failed)}
+TERMINAL_TYPES = (Stopped, Finished, Failed)
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """The event a `to_dict()` result (or a metrics.jsonl line) describes. Unknown keys are ignored."""
+    kind = data.get("type")
+    cls = EVENT_TYPES.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"unknown event type {kind!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def event_to_json(event: Event) -> str:
+    """One line of metrics.jsonl (NaN/inf written as null, so every line is strict JSON)."""
+    return json.dumps({k: _finite(v) for k, v in event.to_dict().items()}, ensure_ascii=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value
+
+
+def read_events(path: Path | str) -> list[Event]:
+    """Every event in a metrics.jsonl; a torn last line (a killed process) is skipped."""
+    events: list[Event] = []
+    path = Path(path)
+    if not path.exists():
+        return events
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(event_from_dict(json.loads(line)))
+        except (ValueError, TypeError) as err:
+            log.warning("%s:%d is not a readable event (%s); skipped", path, number, err)
+    return events

@@ -1,0 +1,360 @@
+"""The training run: `run_training(config, data, on_event, should_stop) -> RunResult`.
+
+Built on transformers' Trainer (gradient accumulation, schedulers, optimizer state, resume) with the
+studio's callbacks for events. A run lives in runs/<run-id>/ (config.json, metrics.jsonl,
+checkpoints/). It prepares the folder's data with the base tokenizer, trains on padding-free packed
+rows, evaluates on the validation split, and hands the best adapter to train_finish, which puts it
+in the library. Out of memory halves the micro batch (doubling gradient accumulation) and resumes
+from the last complete checkpoint; at micro batch 1 the run fails with advice. Every outcome
+(finished, stopped, failed) releases the model. Knows nothing about Qt or the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from studio.core import atomic
+from studio.core.basemodels import DEFAULT_BASE_ID, BaseModelInfo, inspect_base_model, resolve_base_model
+from studio.core.errors import StudioError
+from studio.core.events import (
+    Event,
+    Failed,
+    Finished,
+    OOMRecovered,
+    RunStarted,
+    Stopped,
+    Warning,
+    read_events,
+)
+from studio.core.library import AdapterLibrary, slugify
+from studio.core.paths import DataDir
+from studio.core.train_config import TrainConfig
+from studio.ml import checkpoints, model_loading
+from studio.ml.callbacks import EventSink, Probe, RunTracker, StudioCallback
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+OOM_HINT = ("Lower seq_len (the biggest lever), the LoRA rank or the micro batch, use 4-bit quantization, "
+            "turn gradient checkpointing on, or close other programs that use the GPU.")
+
+
+@dataclass
+class RunResult:
+    status: str  # "finished" | "stopped" | "failed"
+    run_id: str
+    run_dir: Path
+    step: int = 0
+    max_steps: int = 0
+    adapter_id: str | None = None
+    adapter_path: Path | None = None
+    checkpoint: Path | None = None  # the last complete checkpoint (resume point)
+    final_loss: float | None = None
+    eval_loss: float | None = None
+    tokens_seen: int = 0
+    duration_s: float = 0.0
+    message: str = ""
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def new_run_id(name: str) -> str:
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{slugify(name)[:24]}-{secrets.token_hex(2)}"
+
+
+def resolve_base(data: DataDir, base: str) -> tuple[BaseModelInfo, str]:
+    """(info, the name written into adapter_config.json): a studio/HF id, or the folder for a folder."""
+    if not base or base == DEFAULT_BASE_ID:
+        from studio.ml.default_model import ensure_default_model
+
+        info = inspect_base_model(ensure_default_model(data), model_id=DEFAULT_BASE_ID, source="studio")
+    else:
+        info = resolve_base_model(data, base)
+    return info, (str(info.path) if info.source == "folder" else info.id)
+
+
+def is_oom(err: BaseException) -> bool:
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def run_training(config: TrainConfig, data: DataDir, on_event: Callable[[Event], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> RunResult:
+    """Train an adapter as `config` says and put it in the library.
+
+    Raises StudioError only for an invalid config or an unknown run to resume, before anything
+    starts; every later problem is a Failed event and a RunResult with status "failed".
+    """
+    return _Run(config, data, on_event, should_stop or (lambda: False)).run()
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, data: DataDir, on_event, should_stop) -> None:
+        self.data, self.should_stop = data, should_stop
+        self.started = time.monotonic()
+        if config.resume:
+            self.run_id = config.resume
+            self.run_dir = data.runs / config.resume
+            stored = self.run_dir / CONFIG_NAME
+            if not stored.is_file():
+                raise StudioError(f"There is no training run {config.resume!r} to resume.",
+                                  hint=f"Runs are the folders in {data.runs}.")
+            if any(isinstance(e, Finished) for e in read_events(self.run_dir / METRICS_NAME)):
+                raise StudioError(f"Run {config.resume!r} already finished; its adapter is in the library.",
+                                  hint="Continue training that adapter on new data instead (parent adapter).")
+            import json
+
+            self.config = TrainConfig.from_dict(json.loads(stored.read_text(encoding="utf-8"))).validate()
+            self.config.resume = ""
+        else:
+            self.config = config.replace().validate()
+            self.run_id = new_run_id(self.config.display_name())
+            self.run_dir = data.runs / self.run_id
+            self.run_dir.mkdir(parents=True)
+            atomic.write_json(self.run_dir / CONFIG_NAME, self.config.to_dict())
+        self.resuming = bool(config.resume)
+        self.emit = EventSink(self.run_dir / METRICS_NAME, on_event)
+        self.tracker = RunTracker()
+        self.oom_injected = False
+        self.max_steps = 0
+        self.phase = "preparing"
+        self.quant = self.config.quant  # what the base is actually loaded with (see _load_base)
+
+    # ------------------------------------------------------------ the attempt loop
+
+    def run(self) -> RunResult:
+        cfg = self.config
+        micro, accum = cfg.micro_batch_size, cfg.grad_accum
+        attempt = 0
+        try:
+            try:
+                self._prepare()
+            except StudioError as err:
+                return self._fail(err.message, err.hint)
+            except Exception as err:
+                log.exception("Preparing the run failed")
+                return self._fail(f"Preparing the run failed: {type(err).__name__}: {err}",
+                                  "Check the dataset report and the base model.")
+            while True:
+                attempt += 1
+                outcome: tuple[str, str, str] | None = None
+                try:
+                    return self._attempt(micro, accum, attempt)
+                except BaseException as err:  # noqa: BLE001 - sorted below; only strings outlive the except
+                    if isinstance(err, KeyboardInterrupt):
+                        outcome = ("interrupt", "Training was interrupted.", "")
+                    elif is_oom(err):
+                        outcome = ("oom", str(err).splitlines()[0][:200] if str(err) else "out of memory", "")
+                    elif isinstance(err, StudioError):
+                        outcome = ("error", err.message, err.hint)
+                    else:
+                        log.exception("Training failed")
+                        outcome = ("error", f"Training failed: {type(err).__name__}: {err}",
+                                   "See the log for details; the last checkpoint is intact.")
+                model_loading.free_memory()  # the exception (and the model its frames held) is gone now
+                kind, message, hint = outcome
+                if kind == "oom" and self.phase == "training" and micro > 1:
+                    micro, accum = micro // 2, accum * 2
+                    self._record_batch(micro, accum)
+                    self.emit(OOMRecovered(step=self.tracker.step + 1, new_micro_batch=micro, new_grad_accum=accum,
+                                           message=f"Out of memory at step {self.tracker.step + 1}; retrying with "
+                                                   f"micro batch {micro} and gradient accumulation {accum} (same "
+                                                   f"effective batch) from the last checkpoint."))
+                    continue
+                if kind == "oom":
+                    where = "loading the model" if self.phase != "training" else f"step {self.tracker.step + 1}"
+                    return self._fail(f"Out of memory while {where} (micro batch {micro}, seq_len {cfg.seq_len}, "
+                                      f"rank {cfg.rank}, quant {self.quant}).", OOM_HINT)
+                if kind == "interrupt":
+                    self._fail(message, "Resume the run to continue from its last checkpoint.")
+                    raise KeyboardInterrupt
+                return self._fail(message, hint)
+        finally:
+            self.emit.close()
+            model_loading.free_memory()
+
+    def _record_batch(self, micro: int, accum: int) -> None:
+        """Keep config.json in step with what runs, so a later resume starts where OOM left it."""
+        self.config = self.config.replace(micro_batch_size=micro, grad_accum=accum)
+        atomic.write_json(self.run_dir / CONFIG_NAME, self.config.to_dict())
+
+    def _fail(self, message: str, hint: str) -> RunResult:
+        last = checkpoints.last_complete(self.run_dir)
+        self.emit(Failed(step=self.tracker.step, message=message, hint=hint, checkpoint=str(last) if last else None))
+        return self._result("failed", checkpoint=last, message=message, hint=hint)
+
+    def _result(self, status: str, **extra: Any) -> RunResult:
+        return RunResult(status=status, run_id=self.run_id, run_dir=self.run_dir, step=self.tracker.step,
+                         max_steps=self.max_steps, final_loss=self.tracker.last_loss,
+                         duration_s=round(time.monotonic() - self.started, 2), **extra)
+
+    # ------------------------------------------------------------ data and base (once per run)
+
+    def _prepare(self) -> None:
+        from studio.core.dataset import packed_rows, prepare_dataset, scan_folder
+
+        cfg = self.config
+        self.base_info, self.base_ref = resolve_base(self.data, cfg.base)
+        self.device = model_loading.choose_device(cfg.device)
+        self.tokenizer = model_loading.load_tokenizer(self.base_info.path)
+        self.parent = None
+        if cfg.parent_adapter:
+            self.parent = AdapterLibrary(self.data).get(cfg.parent_adapter)
+            fp = self.parent.manifest.base_fingerprint
+            if fp and fp != self.base_info.fingerprint:
+                raise StudioError(f"Adapter {self.parent.manifest.name!r} was trained on "
+                                  f"{self.parent.manifest.base_model!r}, not on {self.base_info.id!r}.",
+                                  hint="Continue training it on the base it was trained on.")
+        scan = scan_folder(cfg.data_folder)
+        self.prepared = prepare_dataset(cfg.data_folder, self.tokenizer, seq_len=cfg.seq_len,
+                                        val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                        long_samples=cfg.long_samples, scan=scan)
+        self.rows = packed_rows(self.prepared.train, cfg.seq_len)
+        self.eval_rows = packed_rows(self.prepared.validation, cfg.seq_len)
+        self.max_steps = cfg.total_steps(len(self.rows))
+        self.probes = [Probe(p) for p in cfg.probe_prompts] or _validation_probes(scan, self.prepared)
+        if self.resuming:
+            checkpoints.remove_incomplete(self.run_dir)
+            if checkpoints.last_complete(self.run_dir) is None:
+                log.info("Run %s has no complete checkpoint; it starts over.", self.run_id)
+
+    # ------------------------------------------------------------ one attempt
+
+    def _attempt(self, micro: int, accum: int, attempt: int) -> RunResult:
+        from transformers import PrinterCallback, ProgressCallback
+
+        from studio.core.dataset import PackedCollator
+        from studio.ml.train_finish import publish_adapter
+        from studio.ml.trainer import StudioTrainer, training_arguments
+
+        cfg, dev = self.config, self.device
+        self.phase = "loading"
+        resume_from = checkpoints.last_complete(self.run_dir)
+        self._restore_best(resume_from)
+        model = trainer = None
+        try:
+            model = self._load_base()
+            _, base_params = model_loading.count_parameters(model)
+            from transformers import set_seed
+
+            set_seed(cfg.seed)  # the new adapter's initial weights are part of the run's reproducibility
+            # Checkpoints name the local folder: peft looks for <name>/config.json at every save and would
+            # ask the Hugging Face Hub about a bare id. The library copy gets the portable name.
+            local_base = str(self.base_info.path)
+            if self.parent is not None:
+                model = model_loading.attach_existing_adapter(model, self.parent.path, local_base, trainable=True)
+            else:
+                model = model_loading.attach_new_adapter(model, cfg, local_base)
+            trainable, total = model_loading.count_parameters(model)
+            self.emit(RunStarted(
+                run_id=self.run_id, run_dir=str(self.run_dir), base_model=self.base_info.id, device=dev.kind,
+                device_name=dev.name, quant=self.quant, dtype=dev.dtype, method=cfg.method, max_steps=self.max_steps,
+                start_step=(checkpoints.step_of(resume_from) or 0) if resume_from else 0, train_rows=len(self.rows),
+                train_samples=len(self.prepared.train), validation_samples=len(self.prepared.validation),
+                micro_batch_size=micro, grad_accum=accum, seq_len=cfg.seq_len, trainable_params=trainable,
+                total_params=total, resumed_from=str(resume_from) if resume_from else None, attempt=attempt))
+            if dev.kind == "cuda":
+                import torch
+
+                torch.cuda.reset_peak_memory_stats()
+            args = training_arguments(cfg, dev, micro=micro, accum=accum, max_steps=self.max_steps,
+                                      output_dir=checkpoints.checkpoints_dir(self.run_dir), has_eval=bool(self.eval_rows))
+            trainer = StudioTrainer(model=model, args=args, train_dataset=self.rows, eval_dataset=self.eval_rows or None,
+                                    data_collator=PackedCollator(self.tokenizer.pad_token_id, cfg.seq_len),
+                                    pad_token_id=self.tokenizer.pad_token_id, step_hook=self._oom_hook)
+            for unwanted in (PrinterCallback, ProgressCallback):  # they print to stdout; events replace them
+                trainer.remove_callback(unwanted)
+            trainer.add_callback(StudioCallback(
+                emit=self.emit, tracker=self.tracker, should_stop=self.should_stop, run_dir=self.run_dir,
+                micro_batch_size=micro, keep_checkpoints=cfg.keep_checkpoints, device_kind=dev.kind,
+                device_name=dev.name, device_total=dev.total_memory, model_params=base_params,
+                memory_every=cfg.memory_every, sample_every=cfg.sample_every, probes=self.probes,
+                tokenizer=self.tokenizer, max_new_tokens=cfg.sample_max_new_tokens,
+                early_stopping_patience=cfg.early_stopping_patience, slow_step_factor=cfg.slow_step_factor,
+                counters=trainer.counters))
+            self.phase = "training"
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            self.phase = "finishing"
+            tokens_seen = int(trainer.state.num_input_tokens_seen)
+            if self.tracker.stop_requested:
+                last = checkpoints.last_complete(self.run_dir)
+                self.emit(Stopped(step=self.tracker.step, checkpoint=str(last) if last else None))
+                return self._result("stopped", checkpoint=last, tokens_seen=tokens_seen,
+                                    message=f"Stopped at step {self.tracker.step} of {self.max_steps}.")
+            entry, finished = publish_adapter(
+                model=trainer.model, tokenizer=self.tokenizer, run=self, tokens_seen=tokens_seen,
+                duration_s=time.monotonic() - self.started)
+            self.emit(finished)
+            return self._result("finished", adapter_id=entry.id, adapter_path=entry.path,
+                                checkpoint=checkpoints.last_complete(self.run_dir), eval_loss=finished.eval_loss,
+                                tokens_seen=tokens_seen, message=f"Adapter {entry.manifest.name!r} is in the library.")
+        finally:
+            if trainer is not None:
+                trainer.callback_handler.callbacks.clear()
+            del trainer, model
+            model_loading.free_memory()
+
+    def _load_base(self):
+        """The base for training; a quantization this machine cannot do falls back to full precision."""
+        load = model_loading.load_base_for_training
+        kwargs = dict(gradient_checkpointing=self.config.gradient_checkpointing,
+                      pad_token_id=self.tokenizer.pad_token_id)
+        try:
+            return load(self.base_info.path, self.quant, self.device, **kwargs)
+        except Exception as err:
+            if self.quant == "none" or is_oom(err):
+                raise
+            self.emit(Warning(step=0, message=(
+                f"{self.quant} quantization does not work on this {self.device.kind} ({type(err).__name__}: "
+                f"{str(err)[:160]}); training with unquantized weights instead, which needs more memory.")))
+            self.quant = "none"
+        return load(self.base_info.path, self.quant, self.device, **kwargs)
+
+    def _oom_hook(self, step: int) -> None:
+        """Test-only: raise OOM once at config._inject_oom_at_step (see TrainConfig)."""
+        if self.config._inject_oom_at_step and step == self.config._inject_oom_at_step and not self.oom_injected:
+            import torch
+
+            self.oom_injected = True
+            raise torch.OutOfMemoryError(f"CUDA out of memory. (injected for testing at step {step})")
+
+    def _restore_best(self, checkpoint: Path | None) -> None:
+        """After a resume or an OOM restart, the best eval so far is the one the checkpoint recorded."""
+        marker = checkpoints.read_marker(checkpoint) if checkpoint else None
+        if not marker:
+            return
+        best_step = marker.get("best_step")
+        if best_step and checkpoints.is_complete(checkpoints.checkpoint_path(self.run_dir, best_step)):
+            self.tracker.best_step, self.tracker.best_eval = best_step, marker.get("best_eval")
+        self.tracker.step = checkpoints.step_of(checkpoint) or 0
+
+
+def _validation_probes(scan, prepared, limit: int = 2) -> list[Probe]:
+    """The first user questions of the validation split (chat samples only)."""
+    by_source = {s.source: s for s in scan.samples}
+    probes: list[Probe] = []
+    for sample in prepared.validation:
+        original = by_source.get(sample.source)
+        if original is None or original.kind != "chat":
+            continue
+        users = [m.content for m in original.messages if m.role == "user"]
+        if users and users[0] not in (p.prompt for p in probes):
+            probes.append(Probe(users[0]))
+        if len(probes) >= limit:
+            break
+    return probes
