@@ -1,0 +1,90 @@
+"""CLI verbs for training data and runs: `scan`, `estimate`, `train`. Thin wrappers over core/ml."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from studio.cli import EXTRA_PARSERS, Output, verb
+from studio.core.errors import StudioError
+from studio.core.paths import DataDir
+
+
+@verb("scan", "show what the studio makes of a folder of training files")
+def cmd_scan(args: argparse.Namespace, data: DataDir) -> Output:
+    from studio.core.dataset import prepare_dataset, scan_folder
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise StudioError(f"{folder} is not a folder.", hint="Give the folder that holds your training files.")
+    if args.no_tokenizer:
+        report = scan_folder(folder).report
+    else:
+        from transformers import AutoTokenizer
+
+        from studio.core.basemodels import DEFAULT_BASE_ID, resolve_base_model
+
+        if not args.base or args.base == DEFAULT_BASE_ID:
+            from studio.ml.default_model import ensure_default_model
+
+            base_path = ensure_default_model(data)
+        else:
+            base_path = resolve_base_model(data, args.base).path
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
+        report = prepare_dataset(folder, tokenizer, seq_len=args.seq_len).report
+    return Output(report.to_dict(), report.to_text())
+
+
+@verb("estimate", "predict trainable parameters, adapter size and peak GPU memory")
+def cmd_estimate(args: argparse.Namespace, data: DataDir) -> Output:
+    from studio.core.basemodels import read_config, resolve_base_model
+    from studio.core.estimator import EstimateRequest, estimate, format_bytes, verdict
+
+    config = read_config(resolve_base_model(data, args.base).path)
+    targets = args.targets if args.targets in ("attention", "all-linear") else args.targets.split(",")
+    result = estimate(EstimateRequest(config=config, quant=args.quant, rank=args.rank, alpha=2.0 * args.rank,
+                                      targets=targets, seq_len=args.seq_len, batch_size=args.batch_size))
+    from studio.ml.hardware import detect_device
+
+    device = detect_device(probe_bnb=False)
+    total = device.total_memory_bytes if device.kind == "cuda" else None
+    body = result.to_dict()
+    body["device"] = device.name
+    body["verdict"] = verdict(result, total) if total else "no GPU: runs on the CPU"
+    text = (f"trainable parameters: {result.trainable_params:,} ({result.trainable_percent:.3f}%)\n"
+            f"adapter file: {format_bytes(result.adapter_file_bytes)}\n"
+            f"predicted peak GPU memory: {format_bytes(result.predicted_peak_bytes)}\n"
+            + "".join(f"  {k}: {format_bytes(v)}\n" for k, v in result.memory.items())
+            + f"device: {device.name} -> {body['verdict']}")
+    return Output(body, text)
+
+
+@verb("train", "train an adapter from a folder (QLoRA by default)")
+def cmd_train(args: argparse.Namespace, data: DataDir) -> Output:
+    from studio.ml.train_cli import run_from_args
+
+    result = run_from_args(args, data)
+    if result.status == "failed":
+        raise StudioError(result.message, hint=result.hint or "")
+    return Output(result.to_dict(), result.message)
+
+
+def _parsers(sub, add) -> None:
+    p = add("scan")
+    p.add_argument("folder")
+    p.add_argument("--base", help="base model whose tokenizer counts the tokens (default: the default model)")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--no-tokenizer", action="store_true", help="report files and samples only (fast)")
+    p = add("estimate")
+    p.add_argument("--base")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--targets", default="all-linear", help="attention | all-linear | q_proj,v_proj,...")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--quant", choices=["4bit", "8bit", "none"], default="4bit")
+    from studio.ml.train_cli import add_train_arguments
+
+    add_train_arguments(add("train"))
+
+
+EXTRA_PARSERS.append(_parsers)
