@@ -23,7 +23,7 @@ TARGET_S = 2.0
 
 def one_start(home: str) -> tuple[float, bool, float]:
     env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
-               LORA_STUDIO_HOME=home, LORA_STUDIO_EXIT_AFTER_SHOWN="1")
+               LORA_STUDIO_HOME=home, LORA_STUDIO_EXIT_AFTER_SHOWN="1", LORA_STUDIO_LAUNCH_T0=repr(time.time()))
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "studio"], capture_output=True, text=True, env=env, timeout=120)
     wall = time.perf_counter() - started

@@ -57,6 +57,10 @@ def run_gui(argv: list[str]) -> int:
 
 
 def seconds_since_process_start() -> float:
+    """From the launcher's clock when it passed one (psutil's start time is rounded to the boot second)."""
+    launched = os.environ.get("LORA_STUDIO_LAUNCH_T0")
+    if launched:
+        return time.time() - float(launched)
     import psutil
 
     return time.time() - psutil.Process().create_time()
