@@ -12,7 +12,6 @@ Knows nothing about the library (see studio.ml.export_library) or about Qt.
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 import time
@@ -183,14 +182,9 @@ def _gb(num_bytes: float) -> str:
 
 def _free() -> None:
     """Return freed model memory (callers `del` their references first)."""
-    gc.collect()
-    try:
-        import torch
+    from studio.ml.model_loading import free_memory
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
+    free_memory()
 
 
 def merge_and_export(base_folder: Path | str, adapter_folder: Path | str, dest: Path | str,
