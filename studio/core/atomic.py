@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -26,13 +26,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes(path: Path | str, data: bytes) -> None:
+@contextlib.contextmanager
+def open_for_write(path: Path | str) -> Iterator[BinaryIO]:
+    """A binary handle to a temp file beside `path`; on success it is fsynced and renamed over `path`.
+
+    For content streamed in pieces (a zip being built) that should not be held in memory.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -41,6 +46,11 @@ def write_bytes(path: Path | str, data: bytes) -> None:
             os.unlink(tmp_name)
         raise
     _fsync_dir(path.parent)
+
+
+def write_bytes(path: Path | str, data: bytes) -> None:
+    with open_for_write(path) as handle:
+        handle.write(data)
 
 
 def write_text(path: Path | str, text: str) -> None:

@@ -268,22 +268,11 @@ class AdapterLibrary:
                         shutil.copy2(item, stage / item.name)
                     atomic.write_text(stage / MANIFEST_NAME, manifest_text)
                 return target
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    with zipfile.ZipFile(handle, "w") as archive:
-                        for item in files:
-                            kind = zipfile.ZIP_STORED if item.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
-                            archive.write(item, f"{stem}/{item.name}", compress_type=kind)
-                        archive.writestr(f"{stem}/{MANIFEST_NAME}", manifest_text, zipfile.ZIP_DEFLATED)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with atomic.open_for_write(target) as handle, zipfile.ZipFile(handle, "w") as archive:
+                for item in files:
+                    kind = zipfile.ZIP_STORED if item.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
+                    archive.write(item, f"{stem}/{item.name}", compress_type=kind)
+                archive.writestr(f"{stem}/{MANIFEST_NAME}", manifest_text, zipfile.ZIP_DEFLATED)
         except OSError as err:
             raise StudioError(f"Could not export {entry.manifest.name!r} to {target}: {err}.",
                               hint="Check the free disk space and that the destination is writable.") from err
