@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import mmap
 
 import pytest
 
@@ -61,11 +62,16 @@ def test_bnb_probe_reports_a_reason_when_it_fails():
 def test_memory_snapshot_sees_this_process_grow():
     before = memory_snapshot("cpu")
     assert before.kind == "cpu" and before.rss_bytes > 0 and before.peak_bytes >= before.rss_bytes
-    blob = b"x" * (64 * 1024 * 1024)  # touched pages, so they count in RSS
+    # A fresh anonymous mapping with every page written: malloc could hand back pages an earlier
+    # test freed (already resident), so RSS would not move; a new mapping always adds resident pages.
+    size = 64 * 1024 * 1024
+    blob = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        blob[offset] = 1
     after = memory_snapshot("cpu")
     assert after.rss_bytes - before.rss_bytes > 32 * 1024 * 1024
     assert after.peak_bytes >= after.rss_bytes
-    del blob
+    blob.close()
     default = memory_snapshot()
     assert default.kind == ("cuda" if _expected_kind() == "cuda" else "cpu")
 
