@@ -78,7 +78,7 @@ def read_header(path: Path | str) -> dict[str, TensorInfo]:
         spans.append((start, end, name))
         tensors[name] = TensorInfo(name, dtype, shape, nbytes)
     spans.sort()
-    for (_, prev_end, prev_name), (start, _, name) in zip(spans, spans[1:]):
+    for (_, prev_end, prev_name), (start, _, name) in zip(spans, spans[1:], strict=False):
         if start < prev_end:
             raise StudioError(f"{path.name} is corrupt: tensors {prev_name!r} and {name!r} overlap.")
     return tensors

@@ -37,6 +37,7 @@ from studio.core.paths import DataDir
 from studio.gui.error_dialog import show_error
 
 THUMBNAIL_HEIGHT = 140
+QUANT_LABELS = {"4bit": "4-bit NF4 base (QLoRA)", "8bit": "8-bit base", "none": "full-precision base"}
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -47,7 +48,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _bytes(num: Any) -> str:
+def human_bytes(num: Any) -> str:
     if not isinstance(num, (int, float)) or num <= 0:
         return "—"
     for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
@@ -193,9 +194,9 @@ class AdapterDetail(QWidget):
         rows = [
             ("Base model", m.base_model or "unknown"),
             ("Method", f"{m.method.upper()} · rank {m.rank} · alpha {_fmt(m.alpha)}"
-                       + (f" · {hp['quant']}" if hp.get("quant") else "")),
+                       + (f" · {QUANT_LABELS.get(hp['quant'], hp['quant'])}" if hp.get("quant") else "")),
             ("Targets", ", ".join(m.target_modules) or "—"),
-            ("Size on disk", _bytes(entry.size_bytes)),
+            ("Size on disk", human_bytes(entry.size_bytes)),
             ("Created", m.created[:19].replace("T", " ")),
             ("Source", m.source),
         ]
@@ -205,7 +206,7 @@ class AdapterDetail(QWidget):
                 ("Best eval loss", f"{_fmt(metrics.get('best_eval_loss'))} at step {_fmt(metrics.get('best_step'))}"),
                 ("Steps · tokens", f"{_fmt(metrics.get('steps'))} · {_fmt(metrics.get('tokens_seen'))}"),
                 ("Duration", f"{_fmt(metrics.get('duration_s'))} s at {_fmt(metrics.get('tokens_per_second'))} tok/s"),
-                ("Peak memory", _bytes(metrics.get("peak_memory_bytes"))),
+                ("Peak memory", human_bytes(metrics.get("peak_memory_bytes"))),
             ]
             forgetting = metrics.get("forgetting")
             if isinstance(forgetting, dict) and forgetting.get("base_perplexity"):

@@ -1,38 +1,53 @@
 """The Library panel: a sortable, filterable table of adapters with import, export and delete.
 
 It shows what studio.core.library reports and calls its methods; listing and importing run off the
-GUI thread. Knows nothing about how adapters are validated or stored.
+GUI thread. The selected adapter's details live in gui.adapter_detail; actions that belong to other
+panels (chat, compare, continue training, export) are re-emitted as signals for the main window.
+Knows nothing about how adapters are validated or stored.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QPlainTextEdit,
-    QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
 from studio.core.library import AdapterLibrary
 from studio.core.paths import DataDir
+from studio.gui.adapter_detail import AdapterDetail, human_bytes
+from studio.gui.error_dialog import show_error
 from studio.gui.workers import start_job
 
 COLUMNS = ["Name", "Base", "Method", "Rank", "Size", "Created", "Final loss", "Tags"]
-
-
-def _size(num_bytes: int) -> str:
-    return f"{num_bytes / 1e6:.1f} MB" if num_bytes >= 1e5 else f"{num_bytes / 1e3:.1f} KB"
 
 
 class LibraryPanel(QWidget):
     """Lists the adapters of the data directory; `refreshed` fires after each reload with the count."""
 
     refreshed = Signal(int)
+    imported = Signal(str)
+    chat_requested = Signal(str)
+    compare_requested = Signal(str)
+    continue_requested = Signal(str)
+    export_requested = Signal(str)
 
     def __init__(self, data: DataDir, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.data = data
         self.library = AdapterLibrary(data)
         self.entries: dict[str, object] = {}
         self.setAcceptDrops(True)
@@ -42,9 +57,10 @@ class LibraryPanel(QWidget):
         import_button = QPushButton("Import…")
         import_button.clicked.connect(self.ask_import)
         self.export_button = QPushButton("Export…")
-        self.export_button.clicked.connect(self.ask_export)
+        self.export_button.clicked.connect(lambda: self.selected_id() and self.export_requested.emit(self.selected_id()))
         self.delete_button = QPushButton("Delete")
         self.delete_button.clicked.connect(self.delete_selected)
+        self.delete_button.setShortcut("Del")
         refresh_button = QPushButton("Refresh")
         refresh_button.clicked.connect(self.refresh)
 
@@ -60,27 +76,47 @@ class LibraryPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSortingEnabled(True)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.itemSelectionChanged.connect(self.show_selected)
 
-        self.detail = QPlainTextEdit(readOnly=True)
-        self.detail.setPlaceholderText("Select an adapter to see its manifest.")
+        self.detail = AdapterDetail(data, self.library)
+        self.detail.changed.connect(lambda adapter_id: self.refresh())
+        for name in ("chat_requested", "compare_requested", "continue_requested", "export_requested"):
+            getattr(self.detail, name).connect(getattr(self, name).emit)
         self.empty_label = QLabel("The library is empty. Import an adapter (button or drag a folder or .zip "
                                   "here), or train one.")
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.problems_label = QLabel()
         self.problems_label.setWordWrap(True)
         self.problems_label.setStyleSheet("color: #b35c00")
+        # Delete is undoable: an inline bar (not a modal box) offers Undo for a while.
+        self.last_trash_id: str | None = None
+        self.pending_select: str | None = None
+        self.undo_label = QLabel()
+        undo_button = QPushButton("Undo")
+        undo_button.clicked.connect(self.undo_delete)
+        self.undo_button = undo_button
+        self.undo_bar = QWidget()
+        undo_layout = QHBoxLayout(self.undo_bar)
+        undo_layout.setContentsMargins(0, 0, 0, 0)
+        undo_layout.addWidget(self.undo_label, 1)
+        undo_layout.addWidget(undo_button)
+        self.undo_bar.setVisible(False)
+        self.undo_timer = QTimer(self, singleShot=True, interval=20_000)
+        self.undo_timer.timeout.connect(lambda: self.undo_bar.setVisible(False))
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.table)
         splitter.addWidget(self.detail)
-        splitter.setSizes([700, 300])
+        splitter.setSizes([620, 420])
         layout = QVBoxLayout(self)
         layout.addLayout(toolbar)
         layout.addWidget(self.empty_label)
         layout.addWidget(splitter, 1)
         layout.addWidget(self.problems_label)
+        layout.addWidget(self.undo_bar)
         self.refresh()
 
     # ------------------------------------------------------------------ loading
@@ -92,12 +128,16 @@ class LibraryPanel(QWidget):
     def _fill(self, result) -> None:
         entries, problems = result
         self.entries = {e.id: e for e in entries}
+        keep = self.pending_select or self.selected_id()
+        self.pending_select = None
         self.table.setSortingEnabled(False)
+        self.table.clearSelection()
         self.table.setRowCount(len(entries))
         for row, entry in enumerate(entries):
             m = entry.manifest
-            final_loss = m.metrics.get("final_loss") if isinstance(m.metrics, dict) else None
-            values = [m.name, m.base_model or "?", m.method, str(m.rank), _size(entry.size_bytes),
+            metrics = m.metrics if isinstance(m.metrics, dict) else {}
+            final_loss = metrics.get("final_train_loss", metrics.get("final_loss"))
+            values = [m.name, m.base_model or "?", m.method, str(m.rank), human_bytes(entry.size_bytes),
                       m.created[:16].replace("T", " "), f"{final_loss:.3f}" if final_loss else "",
                       ", ".join(m.tags)]
             for col, value in enumerate(values):
@@ -109,6 +149,10 @@ class LibraryPanel(QWidget):
         self.problems_label.setText("Not usable: " + "; ".join(f"{Path(p).name}: {msg}" for p, msg in problems)
                                     if problems else "")
         self.apply_filter(self.filter_edit.text())
+        if keep in self.entries:
+            self.select(keep)
+        else:
+            self.show_selected()
         self.refreshed.emit(len(entries))
 
     def apply_filter(self, text: str) -> None:
@@ -121,9 +165,16 @@ class LibraryPanel(QWidget):
         items = self.table.selectedItems()
         return items[0].data(Qt.ItemDataRole.UserRole) if items else None
 
+    def select(self, adapter_id: str) -> bool:
+        """Select the row of `adapter_id`; False when it is not listed (yet)."""
+        for row in range(self.table.rowCount()):
+            if self.table.item(row, 0).data(Qt.ItemDataRole.UserRole) == adapter_id:
+                self.table.selectRow(row)
+                return True
+        return False
+
     def show_selected(self) -> None:
-        entry = self.entries.get(self.selected_id() or "")
-        self.detail.setPlainText(json.dumps(entry.to_dict(), indent=2, ensure_ascii=False) if entry else "")
+        self.detail.show_entry(self.entries.get(self.selected_id() or ""))
 
     # ------------------------------------------------------------------ actions
 
@@ -133,37 +184,48 @@ class LibraryPanel(QWidget):
             self.import_path(Path(path))
 
     def import_path(self, path: Path) -> None:
-        start_job(lambda emit: self.library.import_path(path),
-                  on_done=lambda entry: self.refresh(), on_error=self._show_error, parent=self)
+        start_job(lambda emit: self.library.import_path(path), on_done=self._imported, on_error=self._show_error,
+                  parent=self)
 
-    def ask_export(self) -> None:
-        adapter_id = self.selected_id()
-        if not adapter_id:
-            return
-        dest, _ = QFileDialog.getSaveFileName(self, "Export adapter as .zip", f"{adapter_id}.zip", "Zip (*.zip)")
-        if dest:
-            start_job(lambda emit: self.library.export(adapter_id, Path(dest), as_zip=True),
-                      on_error=self._show_error, parent=self)
+    def _imported(self, entry) -> None:
+        self.pending_select = entry.id
+        self.refresh()
+        self.imported.emit(entry.id)
+
+    def shutdown(self) -> None:
+        self.undo_timer.stop()
 
     def delete_selected(self) -> None:
         adapter_id = self.selected_id()
         if not adapter_id:
             return
-        trash_id = self.library.delete(adapter_id)
+        name = self.entries[adapter_id].name if adapter_id in self.entries else adapter_id
+        try:
+            self.last_trash_id = self.library.delete(adapter_id)
+        except Exception as err:  # noqa: BLE001 - shown; the library is unchanged
+            show_error(self, err)
+            return
+        self.undo_label.setText(f"“{name}” was moved to the trash.")
+        self.undo_bar.setVisible(True)
+        self.undo_timer.start()
         self.refresh()
-        box = QMessageBox(QMessageBox.Icon.Information, "Moved to the trash",
-                          f"{adapter_id} was moved to the trash.", parent=self)
-        undo = box.addButton("Undo", QMessageBox.ButtonRole.ActionRole)
-        box.addButton(QMessageBox.StandardButton.Ok)
-        box.exec()
-        if box.clickedButton() is undo:
-            self.library.restore(trash_id)
+
+    def undo_delete(self) -> None:
+        """Bring back the adapter deleted last (it waits in the trash until the trash is emptied)."""
+        self.undo_timer.stop()
+        self.undo_bar.setVisible(False)
+        if self.last_trash_id:
+            trash_id, self.last_trash_id = self.last_trash_id, None
+            try:
+                entry = self.library.restore(trash_id)
+            except Exception as err:  # noqa: BLE001
+                show_error(self, err)
+                return
+            self.pending_select = entry.id
             self.refresh()
 
     def _show_error(self, err: BaseException, details: str) -> None:
-        box = QMessageBox(QMessageBox.Icon.Warning, "LoRA Studio", str(err), parent=self)
-        box.setDetailedText(details)
-        box.open()
+        show_error(self, err, details)
 
     # ------------------------------------------------------------------ drag and drop
 

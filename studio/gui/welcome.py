@@ -12,15 +12,23 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QFileDialog, QGroupBox, QHBoxLayout, QInputDialog, QLabel, QListWidget, QProgressBar, QPushButton,
-    QVBoxLayout, QWidget,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
 )
 
-from studio.core.paths import RESOURCES_DIR, DataDir
+from studio.core.demo import SAMPLE_DATASET
+from studio.core.paths import DataDir
 from studio.gui.workers import start_job
 
 log = logging.getLogger(__name__)
-SAMPLE_DATASET = RESOURCES_DIR / "sample_dataset"
 
 
 def _doctor(emit) -> dict:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from studio.core.basemodels import (
-    download_base_model, hf_cache_models, inspect_base_model, list_base_models, resolve_base_model,
+    download_base_model,
+    hf_cache_models,
+    inspect_base_model,
+    list_base_models,
+    resolve_base_model,
 )
 from studio.core.errors import StudioError
 
