@@ -2,7 +2,7 @@
 
 The folder is the source of truth: whatever sits in `adapters/<id>/` (even a plain peft adapter
 copied in by hand) is listed, with a manifest inferred when it has no studio.json. Imports (a folder,
-or a .zip unpacked by `adapters.extract_zip_safely`) and new adapters from training or blending are validated in full
+or a .zip unpacked by `archive.extract_zip_safely`) and new adapters from training or blending are validated in full
 in a hidden staging folder and renamed into place, so a refusal leaves the library untouched.
 Deletion moves folders to `trash/`. Knows nothing about torch, training or how adapters are used.
 """
@@ -32,11 +32,11 @@ from studio.core.adapters import (
     BaseLookup,
     check_weights_present,
     default_base_lookup,
-    extract_zip_safely,
     find_adapter_root,
     inspect_adapter,
     read_adapter_config,
 )
+from studio.core.archive import extract_zip_safely
 from studio.core.errors import StudioError
 from studio.core.manifest import MANIFEST_NAME, AdapterManifest, now_iso, read_manifest, write_manifest
 from studio.core.paths import DataDir

@@ -1,0 +1,75 @@
+"""Unpack an adapter .zip without trusting it: no entry may escape the target folder, be a symlink or
+encrypted, and a zip bomb (a huge expansion ratio or total) is refused before a byte is written.
+
+Knows nothing about adapters beyond how large one can plausibly be.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import stat
+import zipfile
+import zlib
+from pathlib import Path
+
+from studio.core.errors import StudioError
+
+MAX_ZIP_TOTAL_BYTES = 20 * 1024**3  # no adapter is this large; a zip claiming more is refused
+MAX_ZIP_RATIO = 200  # deflate rarely beats ~10x on weights; a bomb gets ~1000x
+RATIO_MIN_BYTES = 1024 * 1024
+ZIP_JUNK = ("__MACOSX",)  # folders zip tools add that are never the adapter
+
+
+def extract_zip_safely(src: Path, dest: Path, *, max_total: int = MAX_ZIP_TOTAL_BYTES,
+                       max_ratio: float = MAX_ZIP_RATIO) -> None:
+    """Unpack `src` into the empty folder `dest`, refusing anything that could escape or explode."""
+    label = src.name
+    remake = "Re-create the zip from the adapter folder (for example with `lora-studio export --zip`)."
+    root = dest.resolve()
+    try:
+        with zipfile.ZipFile(src) as archive:
+            infos = archive.infolist()
+            total = 0
+            for info in infos:
+                name = info.filename.replace("\\", "/")
+                if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+                    raise StudioError(f"{label} was refused: entry {info.filename!r} has an absolute path, "
+                                      "which would be written outside the folder the zip unpacks into.", hint=remake)
+                if not (root / name).resolve().is_relative_to(root):
+                    raise StudioError(f"{label} was refused: entry {info.filename!r} uses '..' to reach outside "
+                                      "the folder the zip unpacks into.", hint=remake)
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise StudioError(f"{label} was refused: entry {info.filename!r} is a symbolic link.",
+                                      hint=remake)
+                if info.flag_bits & 0x1:
+                    raise StudioError(f"{label} was refused: entry {info.filename!r} is encrypted.",
+                                      hint="Unpack it yourself and import the folder.")
+                if info.file_size > RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
+                    raise StudioError(f"{label} was refused: entry {info.filename!r} expands {info.compress_size} "
+                                      f"bytes into {info.file_size} (a zip bomb?).", hint=remake)
+                total += info.file_size
+            if total > max_total:
+                raise StudioError(f"{label} was refused: it would unpack to {total / 1024**3:.1f} GiB, more than "
+                                  f"the {max_total / 1024**3:.0f} GiB an adapter may take.", hint=remake)
+            free = shutil.disk_usage(dest).free
+            if total > free:
+                raise StudioError(f"Not enough disk space to unpack {label}: it needs {total / 1024**2:.0f} MiB, "
+                                  f"{free / 1024**2:.0f} MiB are free.", hint="Free some space and try again.")
+            for info in infos:
+                target = dest / info.filename.replace("\\", "/")
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as fin, target.open("wb") as fout:
+                    written = 0
+                    while chunk := fin.read(1 << 20):
+                        written += len(chunk)
+                        if written > info.file_size:
+                            raise StudioError(f"{label} was refused: entry {info.filename!r} holds more data "
+                                              "than its header says.", hint=remake)
+                        fout.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+        raise StudioError(f"{label} is not a readable zip file ({err}).",
+                          hint="Download or copy it again, or import the unpacked folder.") from err
