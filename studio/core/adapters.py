@@ -36,6 +36,9 @@ LORA_TENSOR = re.compile(
     r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
     r"(?:\.[^.]+)?(?:\.weight)?$"
 )
+# peft saves the full weight of a targeted embedding / output head beside its LoRA pair (its
+# save_embedding_layers="auto"), e.g. "lm_head.base_layer.weight" when a tied lm_head is targeted.
+EMBEDDING_COPY = re.compile(r"^(?P<module>.+\.)?(embed_tokens|lm_head|wte)(\.base_layer)?\.weight$")
 CONVERT_HINT = (
     "Convert it once, in Python, after checking you trust its source: "
     "`import torch; from safetensors.torch import save_file; "
@@ -205,7 +208,7 @@ def group_lora_tensors(tensors: dict[str, TensorInfo], config: dict[str, Any], l
     for name, info in tensors.items():
         match = LORA_TENSOR.match(name)
         if not match:
-            if extra_allowed:
+            if extra_allowed or EMBEDDING_COPY.match(name):
                 continue
             raise StudioError(f"{label}: tensor {name!r} is not a LoRA tensor (expected names ending in "
                               "lora_A / lora_B / lora_magnitude_vector).",
@@ -226,6 +229,12 @@ def group_lora_tensors(tensors: dict[str, TensorInfo], config: dict[str, Any], l
     return groups
 
 
+def tied_embedding(base: dict[str, TensorInfo]) -> TensorInfo | None:
+    """The token embedding a model without its own lm_head weight ties its output head to."""
+    return next((info for name, info in base.items() if name.endswith(("embed_tokens.weight", "wte.weight"))),
+                None)
+
+
 def check_fits_base(groups: dict[str, dict[str, TensorInfo]], base: dict[str, TensorInfo],
                     config: dict[str, Any], label: str, base_label: str) -> None:
     """Every LoRA pair must match the (out, in) shape of the base weight it attaches to."""
@@ -235,6 +244,8 @@ def check_fits_base(groups: dict[str, dict[str, TensorInfo]], base: dict[str, Te
     for module, parts in groups.items():
         weight = next((base[n] for n in (f"{module}.weight", f"{module.removeprefix('model.')}.weight")
                        if n in base), None)
+        if weight is None and module.split(".")[-1] == "lm_head":
+            weight = tied_embedding(base)  # tied embeddings: the output head is the input embedding
         a, b = parts["lora_A"], parts["lora_B"]
         if weight is None:
             raise StudioError(f"Adapter {label} does not fit base model {base_label}: tensor {a.name!r} "

@@ -105,6 +105,16 @@ def test_import_zip_at_root_or_in_one_subfolder(lib: AdapterLibrary, peft_adapte
     assert second.manifest.name == "Second copy" and len(lib.list()) == 2
 
 
+def test_adapter_on_a_tied_lm_head_is_accepted(lib: AdapterLibrary, tiny_base_dir: Path, tmp_path: Path):
+    """The tiny base ties lm_head to the embedding, so its safetensors have no lm_head weight; an adapter
+    that targets lm_head still fits (checked against the embedding's shape)."""
+    from tests.tiny_model import make_tiny_adapter
+
+    folder = make_tiny_adapter(tiny_base_dir, tmp_path / "head", targets=("q_proj", "lm_head"))
+    entry = lib.import_path(folder, name="with-head")
+    assert "lm_head" in entry.manifest.target_modules and not entry.warnings
+
+
 def test_folder_copied_in_by_hand_is_listed_with_inferred_manifest(lib: AdapterLibrary, peft_adapter: Path):
     copy_adapter(peft_adapter, lib.data.adapters / "by-hand")
     (lib.data.adapters / "not-an-adapter").mkdir()
