@@ -15,3 +15,15 @@ def isolated_settings(tmp_path, qapp):
     qapp.setApplicationName("LoRA Studio Tests")
     yield
     QSettings().clear()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers(qapp):
+    """Fail a test that leaves a background job running (napari's rule): a job outliving its test
+    would touch widgets that are gone, or leak into the next test."""
+    yield
+    from PySide6.QtCore import QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    if not pool.waitForDone(60_000):
+        pytest.fail(f"{pool.activeThreadCount()} background job(s) still running 60 s after the test ended")
