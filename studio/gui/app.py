@@ -50,6 +50,9 @@ def run_gui(argv: list[str]) -> int:
     from studio.gui.main_window import MainWindow
 
     window = MainWindow(data)
+    from studio.gui.error_dialog import install_excepthook
+
+    install_excepthook(lambda: window)
     if os.environ.get(EXIT_AFTER_SHOWN_ENV):
         window.shown.connect(lambda: report_shown_and_quit(app))
     window.show()

@@ -8,6 +8,9 @@ failed.
 from __future__ import annotations
 
 import logging
+import sys
+import traceback
+from collections.abc import Callable
 
 from PySide6.QtWidgets import QMessageBox, QWidget
 
@@ -33,9 +36,31 @@ def show_error(parent: QWidget | None, err: BaseException, details: str = "", *,
     box.setObjectName("errorDialog")
     box.setInformativeText(hint)
     if details:
-        box.setDetailedText(details)
+        log_file = log_file_path()
+        box.setDetailedText(details + (f"\n(This is also in the log file {log_file}.)" if log_file else ""))
     if modal:
         box.exec()
     else:
         box.open()
     return box
+
+
+def log_file_path() -> str:
+    """Where the app's log file is, when logging writes to one."""
+    for handler in logging.getLogger().handlers:
+        filename = getattr(handler, "baseFilename", "")
+        if filename:
+            return filename
+    return ""
+
+
+def install_excepthook(parent: Callable[[], QWidget | None]) -> None:
+    """An exception escaping a Qt slot is shown and logged instead of killing the app."""
+
+    def hook(kind, err, tb) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, err, tb)
+            return
+        show_error(parent(), err, "".join(traceback.format_exception(kind, err, tb)))
+
+    sys.excepthook = hook

@@ -1,0 +1,43 @@
+"""The first-run "Try it" path on the real default model: the welcome page's button trains a small
+adapter on the shipped sample dataset, the adapter lands in the library, and the comparison with the
+base opens in the chat panel. A tiny number of steps keeps it short; learning itself is proven by
+tests/e2e/test_train_e2e.py with the same settings and 60 steps."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from studio.core.library import AdapterLibrary
+
+
+@pytest.mark.slow
+def test_try_it_trains_on_the_sample_and_opens_the_comparison(qtbot, studio_home, default_base_dir: Path,
+                                                             monkeypatch):
+    from studio.core.demo import DEMO_ADAPTER_NAME
+    from studio.gui.main_window import CHAT, MainWindow
+
+    shutil.copytree(default_base_dir, studio_home.models / default_base_dir.name)
+    opened: list[list[str]] = []
+    window = MainWindow(studio_home)
+    qtbot.addWidget(window)
+    monkeypatch.setattr(window.chat_panel, "open_comparison",
+                        lambda refs, blind=False: opened.append(list(refs)))
+    window.demo_steps = 3
+    window.show()
+    assert window.welcome is not None
+    qtbot.mouseClick(window.welcome.try_button, Qt.MouseButton.LeftButton)
+    assert window.welcome is None and window.train_panel.busy()
+
+    qtbot.waitUntil(lambda: bool(opened), timeout=300_000)
+    entries = AdapterLibrary(studio_home).list()
+    assert [e.name for e in entries] == [DEMO_ADAPTER_NAME]
+    assert entries[0].manifest.metrics["steps"] == 3
+    assert entries[0].manifest.dataset["samples"] >= 30  # every sample file was read
+    assert opened == [[entries[0].id, "base"]]
+    assert window.sidebar.currentRow() == CHAT
+    qtbot.waitUntil(lambda: not window.train_panel.busy(), timeout=30_000)
+    window.close()
