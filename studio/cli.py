@@ -137,17 +137,20 @@ def cmd_import(args: argparse.Namespace, data: DataDir) -> Output:
     return Output(entry.to_dict(), text)
 
 
-@verb("export", "export an adapter (peft folder, .zip or Ollama bundle), smoke-tested")
+@verb("export", "export an adapter (peft folder, .zip, Ollama bundle or GGUF LoRA), smoke-tested")
 def cmd_export(args: argparse.Namespace, data: DataDir) -> Output:
     fmt = "zip" if args.zip else args.format
-    if args.no_smoke_test:
+    if args.no_smoke_test and fmt != "gguf":
         if fmt == "ollama":
             raise StudioError("--no-smoke-test is for peft folders and zips; use `export-ollama` for Ollama.")
         dest = _library(data).export(args.adapter, Path(args.dest), as_zip=fmt == "zip")
         return Output({"path": str(dest), "format": fmt, "smoke": None}, f"Exported to {dest} (not smoke-tested)")
     from studio.ml.export_library import export_adapter
 
-    result = export_adapter(_library(data), args.adapter, Path(args.dest), fmt=fmt)
+    result = export_adapter(_library(data), args.adapter, Path(args.dest), fmt=fmt, gguf_dtype=args.gguf_type)
+    if result.smoke is None:  # GGUF: read back and checked, not run (llama.cpp is not part of the studio)
+        return Output(result.to_dict(), f"GGUF LoRA ({args.gguf_type}) written to {result.path}; read back and "
+                                        "checked. Use it with llama.cpp's --lora or Ollama's ADAPTER.")
     return Output(result.to_dict(), f"Exported to {result.path}; smoke test answered: "
                                     f"{result.smoke.to_dict().get('answer', '')!r}")
 
@@ -220,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter")
     p.add_argument("dest", help="destination folder, or .zip file with --zip")
     p.add_argument("--zip", action="store_true", help="same as --format zip")
-    p.add_argument("--format", choices=["peft", "zip", "ollama"], default="peft")
+    p.add_argument("--format", choices=["peft", "zip", "ollama", "gguf"], default="peft",
+                   help="gguf: a GGUF LoRA for llama.cpp / LM Studio / Ollama (Llama-family bases; DEST is a "
+                        ".gguf file or a folder). For a merged GGUF model use `merge --format gguf`.")
+    p.add_argument("--gguf-type", choices=["f32", "f16", "bf16"], default="f32",
+                   help="tensor type of a GGUF LoRA (default f32)")
     p.add_argument("--no-smoke-test", action="store_true",
                    help="skip loading the export back and asking it a probe prompt")
     add("rm").add_argument("adapter")

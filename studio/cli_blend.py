@@ -1,6 +1,7 @@
-"""CLI verbs for blending, merging and Ollama export: `blend`, `merge`, `export-ollama`.
+"""CLI verbs for blending, merging, resizing and Ollama export: `blend`, `merge`, `resize`, `export-ollama`.
 
-Thin front doors onto studio.ml.blend and studio.ml.export_library; heavy imports happen inside
+Thin front doors onto studio.ml.blend, studio.ml.export_library, studio.ml.gguf_export and
+studio.ml.resize; heavy imports happen inside
 the verbs. Progress goes to stderr, the result to stdout (one JSON object with --json).
 """
 
@@ -77,18 +78,44 @@ def cmd_blend(args: argparse.Namespace, data: DataDir) -> Output:
                   f"Blended {described}\nSaved as {entry.manifest.name} ({entry.id}){warnings}")
 
 
-@verb("merge", "merge an adapter into its base and export a standalone model (HF safetensors)")
+@verb("merge", "merge an adapter into its base and export a standalone model (HF safetensors or GGUF)")
 def cmd_merge(args: argparse.Namespace, data: DataDir) -> Output:
     dest = args.out or args.dest
     if not dest:
         raise StudioError("Give the destination folder.", hint="lora-studio merge ADAPTER DEST (or --out DEST)")
+    kwargs = {"probe": args.probe} if args.probe else {}
+    if args.format == "gguf":
+        from studio.core.library import slugify
+        from studio.ml.export_library import base_folder_for
+        from studio.ml.gguf_export import merge_to_gguf
+
+        library = _library(data)
+        entry = library.get(args.adapter)
+        target = Path(dest) / f"{slugify(entry.manifest.name)}.gguf" if Path(dest).is_dir() else Path(dest)
+        result = merge_to_gguf(base_folder_for(library, entry), entry.path, target, args.gguf_type,
+                               name=entry.manifest.name, progress=_progress, **kwargs)
+        warnings = "".join(f"\nwarning: {w}" for w in result.warnings)
+        smoke = result.metadata.get("smoke", {})
+        return Output(result.to_dict(), f"Merged GGUF model ({result.dtype}, {human_size(result.size_bytes)}) "
+                                        f"written to {result.path}\nSmoke test (before conversion): asked "
+                                        f"{smoke.get('prompt')!r}, answered {smoke.get('answer')!r}.{warnings}")
     from studio.ml.export_library import merge_adapter
 
-    kwargs = {"probe": args.probe} if args.probe else {}
     result = merge_adapter(_library(data), args.adapter, Path(dest), args.dtype,
                            max_shard_size=args.shard_size, progress=_progress, **kwargs)
     return Output(result.to_dict(), f"Merged model ({result.dtype}, {human_size(result.size_bytes)}) "
                                     f"written to {result.path}\n{_smoke_line(result.smoke)}")
+
+
+@verb("resize", "reduce an adapter's rank by SVD into a new adapter (reports the energy kept)")
+def cmd_resize(args: argparse.Namespace, data: DataDir) -> Output:
+    from studio.ml.resize import resize_adapter
+
+    result = resize_adapter(_library(data), args.adapter, args.rank, args.name, progress=_progress)
+    weakest = f"{result.min_layer_energy:.1%} in {result.min_layer}"
+    return Output(result.to_dict(), f"Resized rank {result.previous_rank} -> {result.rank}: kept "
+                                    f"{result.retained_energy:.1%} of the energy overall, weakest module "
+                                    f"{weakest}.\nSaved as {result.entry.manifest.name} ({result.entry.id})")
 
 
 @verb("export-ollama", "export an adapter as an Ollama bundle (Modelfile + adapter files)")
@@ -121,9 +148,18 @@ def _parsers(sub, add) -> None:
     p.add_argument("adapter", help="adapter id or name")
     p.add_argument("dest", nargs="?", help="new folder for the merged model")
     p.add_argument("--out", help="same as DEST")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="HF format only")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                   help="hf: a Hugging Face folder (default); gguf: one GGUF file for llama.cpp / LM Studio / "
+                        "Ollama (Llama-family bases; DEST is a .gguf file or a folder)")
+    p.add_argument("--gguf-type", choices=("f16", "bf16", "f32"), default="f16",
+                   help="tensor type of a GGUF model (default f16)")
     p.add_argument("--shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
     p.add_argument("--probe", help="smoke-test prompt (default: What is the capital of France?)")
+    p = add("resize")
+    p.add_argument("adapter", help="adapter id or name")
+    p.add_argument("--rank", type=int, required=True, help="the new, smaller rank")
+    p.add_argument("--name", required=True, help="name of the new adapter")
     p = add("export-ollama")
     p.add_argument("adapter", help="adapter id or name")
     p.add_argument("dest", help="new folder for the bundle")

@@ -177,7 +177,7 @@ class AdapterDetail(QWidget):
         self.tags_edit.setText(", ".join(m.tags))
         self.notes_edit.setPlainText(m.notes)
         self.raw.setPlainText(json.dumps(entry.to_dict(), indent=2, ensure_ascii=False))
-        self.continue_button.setEnabled(m.source in ("trained", "imported", "inferred", "blend"))
+        self.continue_button.setEnabled(m.source in ("trained", "imported", "inferred", "blend", "resize"))
         self._show_curve(m.hyperparameters.get("run_id") if isinstance(m.hyperparameters, dict) else None)
 
     def _show_curve(self, run_id: str | None) -> None:

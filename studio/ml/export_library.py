@@ -3,7 +3,8 @@
 Finds the adapter's base model through its manifest, then hands over to studio.ml.merge_export
 (merged model, Ollama bundle) or to the library's own export (plain peft folder or .zip), whose
 result is loaded back with plain peft and must answer the probe prompt and stop at end of turn;
-an export that fails is removed again and reported as failed.
+an export that fails is removed again and reported as failed. GGUF LoRAs go to
+studio.ml.gguf_export, which reads its file back and checks it instead (llama.cpp is not run).
 
 Knows nothing about Qt or argument parsing.
 """
@@ -21,6 +22,7 @@ from typing import Any
 from studio.core.basemodels import resolve_base_model
 from studio.core.blend_checks import StageProgress
 from studio.core.errors import StudioError
+from studio.core.library import slugify
 from studio.ml.merge_export import (
     MergeResult,
     OllamaExport,
@@ -35,19 +37,21 @@ from studio.ml.smoke import Check, SmokeResult
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("peft", "zip", "ollama")
+FORMATS = ("peft", "zip", "ollama", "gguf")
 
 
 @dataclass
 class ExportResult:
     path: Path
     format: str
-    smoke: SmokeResult
+    smoke: SmokeResult | None  # None for GGUF, which is checked by reading it back (details)
     warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "format": self.format, "smoke": self.smoke.to_dict(),
-                "warnings": list(self.warnings)}
+        return {"path": str(self.path), "format": self.format,
+                "smoke": self.smoke.to_dict() if self.smoke else None, "warnings": list(self.warnings),
+                **({"details": self.details} if self.details else {})}
 
 
 def base_folder_for(library, entry) -> Path:
@@ -68,12 +72,21 @@ def merge_adapter(library, adapter: str, dest: Path | str, dtype: str = "bf16", 
 def export_adapter(library, adapter: str, dest: Path | str, fmt: str = "peft", *,
                    from_ref: str | None = None, system: str | None = None, device: str | None = None,
                    progress: Progress | None = None, should_stop: ShouldStop | None = None,
-                   smoke_check: Check | None = None, probe: str | None = None) -> ExportResult:
-    """Export a library adapter as a peft folder, a .zip of one, or an Ollama bundle; smoke-tested."""
+                   smoke_check: Check | None = None, probe: str | None = None,
+                   gguf_dtype: str = "f32") -> ExportResult:
+    """Export a library adapter as a peft folder, a .zip of one, or an Ollama bundle (smoke-tested),
+    or as a GGUF LoRA for llama.cpp (read back and checked; `gguf_dtype` f32/f16/bf16)."""
     if fmt not in FORMATS:
         raise StudioError(f"Unknown export format {fmt!r}.", hint=f"Use one of: {', '.join(FORMATS)}.")
     entry = library.get(adapter)
     base = base_folder_for(library, entry)
+    if fmt == "gguf":
+        from studio.ml.gguf_export import write_lora_gguf
+
+        target = Path(dest) / f"{slugify(entry.manifest.name)}.gguf" if Path(dest).is_dir() else Path(dest)
+        done = write_lora_gguf(entry.path, base, target, gguf_dtype, name=entry.manifest.name,
+                               progress=progress, should_stop=should_stop)
+        return ExportResult(path=done.path, format=fmt, smoke=None, warnings=done.warnings, details=done.to_dict())
     smoke_kwargs: dict[str, Any] = {"check": smoke_check, "device": device}
     if probe:
         smoke_kwargs["probe"] = probe
@@ -104,7 +117,8 @@ def _adapter_folder(path: Path):
     if path.is_dir():
         yield path
         return
-    from studio.core.adapters import extract_zip_safely, find_adapter_root
+    from studio.core.adapters import find_adapter_root
+    from studio.core.archive import extract_zip_safely
 
     with tempfile.TemporaryDirectory(prefix="lora-studio-zip-") as tmp:
         extract_zip_safely(path, Path(tmp))
