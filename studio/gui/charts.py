@@ -2,8 +2,9 @@
 
 Curves are created once; incoming figures are appended to plain lists and the plots are redrawn by
 a ~10 Hz timer, so a fast stream of events never floods the GUI thread (pyqtgraph's
-scrollingPlots pattern, with clip-to-view and peak downsampling for long runs). Knows nothing
-about where the figures come from.
+scrollingPlots pattern, with clip-to-view and peak downsampling for long runs). The timer only
+runs while something is dirty, and `stop()` ends it for good. `LossOverlay` draws several runs'
+loss curves on one plot for comparison. Knows nothing about where the figures come from.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QGridLayout, QWidget
 
 SMOOTHING = 0.9  # exponential moving average factor for the smoothed loss line
 REDRAW_MS = 100
+GIB = 2**30
 
 
 @dataclass
@@ -31,15 +33,26 @@ class Series:
         self.x.clear()
         self.y.clear()
 
+    def keep_before(self, x: float) -> None:
+        """Drop the points at or after `x` (a resumed run redoes the steps after its checkpoint)."""
+        n = next((i for i, value in enumerate(self.x) if value >= x), len(self.x))
+        del self.x[n:], self.y[n:]
 
-def _plot(title: str, y_label: str) -> pg.PlotWidget:
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def _plot(title: str, y_label: str, legend: bool = True) -> pg.PlotWidget:
     plot = pg.PlotWidget(title=title)
+    plot.setBackground("w")
     plot.setLabel("bottom", "step")
     plot.setLabel("left", y_label)
     plot.showGrid(x=True, y=True, alpha=0.25)
     plot.setClipToView(True)
     plot.setDownsampling(auto=True, mode="peak")
-    plot.addLegend(offset=(-10, 10))
+    plot.setMinimumSize(220, 150)
+    if legend:
+        plot.addLegend(offset=(-10, 10))
     return plot
 
 
@@ -54,29 +67,35 @@ class TrainingCharts(QWidget):
         self.learning_rate = Series()
         self.tokens_per_second = Series()
         self.memory_used = Series()
+        self.memory_reserved = Series()
         self.memory_peak = Series()
-        self.memory_total: float | None = None
+        self.memory_total: float | None = None  # GB
+        self.memory_label = "RSS"  # "allocated" on a GPU
         self._ema: float | None = None
         self._dirty = False
+        self._stopped = False
 
         self.loss_plot = _plot("Loss", "loss")
-        self.loss_curve = self.loss_plot.plot(name="train", pen=pg.mkPen((120, 160, 220), width=1))
+        self.loss_curve = self.loss_plot.plot(name="train", pen=pg.mkPen((150, 180, 225), width=1))
         self.smooth_curve = self.loss_plot.plot(name="smoothed", pen=pg.mkPen((30, 90, 200), width=2))
         self.eval_curve = self.loss_plot.plot(name="eval", pen=None, symbol="o", symbolSize=8,
                                               symbolBrush=(230, 120, 30))
-        self.lr_plot = _plot("Learning rate", "lr")
+        self.lr_plot = _plot("Learning rate", "lr", legend=False)
         self.lr_curve = self.lr_plot.plot(pen=pg.mkPen((60, 160, 90), width=2))
         self.memory_plot = _plot("Memory", "GB")
         self.memory_curve = self.memory_plot.plot(name="used", pen=pg.mkPen((150, 80, 190), width=2))
+        self.reserved_curve = self.memory_plot.plot(name="reserved", pen=pg.mkPen((90, 150, 190), width=1))
         self.peak_curve = self.memory_plot.plot(name="peak", pen=pg.mkPen((200, 60, 60), width=1,
-                                                                         style=pg.QtCore.Qt.PenStyle.DashLine))
-        self.total_line = pg.InfiniteLine(angle=0, pen=pg.mkPen((120, 120, 120), width=1))
+                                                                         style=Qt.PenStyle.DashLine))
+        self.total_line = pg.InfiniteLine(angle=0, pen=pg.mkPen((120, 120, 120), width=1, style=Qt.PenStyle.DotLine),
+                                          label="device total", labelOpts={"position": 0.1, "color": (90, 90, 90)})
         self.total_line.setVisible(False)
-        self.memory_plot.addItem(self.total_line)
-        self.speed_plot = _plot("Throughput", "tokens/s")
+        self.memory_plot.addItem(self.total_line, ignoreBounds=True)
+        self.speed_plot = _plot("Throughput", "tokens/s", legend=False)
         self.speed_curve = self.speed_plot.plot(pen=pg.mkPen((200, 140, 30), width=2))
 
         grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
         grid.addWidget(self.loss_plot, 0, 0)
         grid.addWidget(self.lr_plot, 0, 1)
         grid.addWidget(self.memory_plot, 1, 0)
@@ -84,14 +103,22 @@ class TrainingCharts(QWidget):
 
         self.timer = QTimer(self, interval=REDRAW_MS)
         self.timer.timeout.connect(self.redraw)
-        self.timer.start()
+
+    # ------------------------------------------------------------ feeding
 
     def reset(self) -> None:
-        for series in (self.loss, self.smoothed, self.eval_loss, self.learning_rate, self.tokens_per_second,
-                       self.memory_used, self.memory_peak):
+        for series in self._all_series():
             series.clear()
         self._ema = None
-        self._dirty = True
+        self.memory_total = None
+        self._mark_dirty()
+
+    def keep_before(self, step: int) -> None:
+        """Forget the points from `step` on (a resume redoes them) and restart the smoothing there."""
+        for series in self._all_series():
+            series.keep_before(step)
+        self._ema = self.smoothed.y[-1] if self.smoothed.y else None
+        self._mark_dirty()
 
     def add_step(self, step: int, loss: float | None, learning_rate: float | None,
                  tokens_per_second: float | None) -> None:
@@ -103,22 +130,43 @@ class TrainingCharts(QWidget):
             self.learning_rate.append(step, learning_rate)
         if tokens_per_second is not None:
             self.tokens_per_second.append(step, tokens_per_second)
-        self._dirty = True
+        self._mark_dirty()
 
     def add_eval(self, step: int, eval_loss: float) -> None:
         self.eval_loss.append(step, eval_loss)
-        self._dirty = True
+        self._mark_dirty()
 
-    def add_memory(self, step: int, used_bytes: float, peak_bytes: float | None, total_bytes: float | None) -> None:
-        self.memory_used.append(step, used_bytes / 2**30)
+    def add_memory(self, step: int, used_bytes: float, peak_bytes: float | None, total_bytes: float | None,
+                   reserved_bytes: float | None = None) -> None:
+        self.memory_used.append(step, used_bytes / GIB)
+        if reserved_bytes is not None and reserved_bytes != used_bytes:  # on a CPU both are the RSS
+            self.memory_reserved.append(step, reserved_bytes / GIB)
         if peak_bytes is not None:
-            self.memory_peak.append(step, peak_bytes / 2**30)
+            self.memory_peak.append(step, peak_bytes / GIB)
         if total_bytes:
-            self.memory_total = total_bytes / 2**30
+            self.memory_total = total_bytes / GIB
+        self._mark_dirty()
+
+    # ------------------------------------------------------------ drawing
+
+    def _all_series(self) -> tuple[Series, ...]:
+        return (self.loss, self.smoothed, self.eval_loss, self.learning_rate, self.tokens_per_second,
+                self.memory_used, self.memory_reserved, self.memory_peak)
+
+    def _mark_dirty(self) -> None:
         self._dirty = True
+        if not self._stopped and not self.timer.isActive():
+            self.timer.start()
+
+    def stop(self) -> None:
+        """Stop redrawing for good (the panel is closing); draws what is pending once."""
+        self._stopped = True
+        self.timer.stop()
+        self.redraw()
 
     def redraw(self) -> None:
         if not self._dirty:
+            self.timer.stop()  # idle: no timer ticks while nothing arrives
             return
         self._dirty = False
         self.loss_curve.setData(self.loss.x, self.loss.y)
@@ -127,7 +175,50 @@ class TrainingCharts(QWidget):
         self.lr_curve.setData(self.learning_rate.x, self.learning_rate.y)
         self.speed_curve.setData(self.tokens_per_second.x, self.tokens_per_second.y)
         self.memory_curve.setData(self.memory_used.x, self.memory_used.y)
+        self.reserved_curve.setData(self.memory_reserved.x, self.memory_reserved.y)
         self.peak_curve.setData(self.memory_peak.x, self.memory_peak.y)
-        if self.memory_total:
-            self.total_line.setValue(self.memory_total)
-            self.total_line.setVisible(True)
+        self._memory_title()
+
+    def _memory_title(self) -> None:
+        if not self.memory_total:
+            self.memory_plot.setTitle("Memory")
+            self.total_line.setVisible(False)
+            return
+        peak = max(self.memory_peak.y or self.memory_used.y or [0.0])
+        share = 100 * peak / self.memory_total
+        self.memory_plot.setTitle(f"Memory: peak {peak:.2f} of {self.memory_total:.1f} GB ({share:.0f}%)")
+        self.total_line.setValue(self.memory_total)
+        # The total line is drawn only when it is near the curves; far above, it would flatten them.
+        self.total_line.setVisible(peak > 0.5 * self.memory_total)
+
+
+class LossOverlay(pg.PlotWidget):
+    """Several runs' loss curves (smoothed) on one plot, one colour each, with a legend."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent, title="Loss of the selected runs")
+        self.setBackground("w")
+        self.setLabel("bottom", "step")
+        self.setLabel("left", "loss")
+        self.showGrid(x=True, y=True, alpha=0.25)
+        self.legend = self.addLegend(offset=(-10, 10))
+        self.curves: dict[str, pg.PlotDataItem] = {}
+
+    def show_runs(self, runs: list[tuple[str, list[float], list[float]]]) -> None:
+        """`runs`: (label, steps, losses) per run; replaces what was drawn."""
+        self.clear()
+        self.legend.clear()
+        self.curves = {}
+        for index, (label, steps, losses) in enumerate(runs):
+            pen = pg.mkPen(pg.intColor(index, hues=max(len(runs), 6), values=1, maxValue=200), width=2)
+            self.curves[label] = self.plot(steps, smooth(losses), name=label, pen=pen)
+
+
+def smooth(values: list[float], factor: float = SMOOTHING) -> list[float]:
+    """The exponential moving average the dashboard draws as the smoothed loss."""
+    out: list[float] = []
+    ema: float | None = None
+    for value in values:
+        ema = value if ema is None else factor * ema + (1 - factor) * value
+        out.append(ema)
+    return out

@@ -1,49 +1,52 @@
 """The main window: a sidebar of panels (Library, Train, Blend, Chat) and a live status bar.
 
 Opens without importing torch; the device is probed in the background after the window shows.
-Knows nothing about training or adapters beyond the panels it hosts.
+It routes requests between panels ("compare with base" from the library opens the chat panel, a
+finished run refreshes the library, ...) and asks before closing while a panel is busy. Knows
+nothing about training or adapters beyond the panels' public methods and signals.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import psutil
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QSettings, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QHBoxLayout, QLabel, QListWidget, QMainWindow, QMessageBox, QStackedWidget, QVBoxLayout, QWidget,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QMainWindow,
+    QMessageBox,
+    QStackedWidget,
+    QWidget,
 )
 
 from studio import APP_NAME, __version__
 from studio.core.basemodels import DEFAULT_BASE_ID
 from studio.core.paths import DataDir
+from studio.gui.blend_panel import BlendPanel
+from studio.gui.chat_panel import ChatPanel
 from studio.gui.library_panel import LibraryPanel
-from studio.gui.settings_dialog import SettingsDialog
+from studio.gui.settings_dialog import BASE_MODEL_KEY, SettingsDialog
+from studio.gui.train_panel import TrainPanel
 from studio.gui.welcome import WelcomePage
 from studio.gui.workers import start_job
 
 log = logging.getLogger(__name__)
 WELCOME_DONE_KEY = "welcome/done"
+LIBRARY, TRAIN, BLEND, CHAT = range(4)
 
 
-def placeholder(title: str, text: str) -> QWidget:
-    widget = QWidget()
-    layout = QVBoxLayout(widget)
-    label = QLabel(f"<h2>{title}</h2><p>{text}</p>")
-    label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-    label.setWordWrap(True)
-    layout.addWidget(label)
-    return widget
-
-
-def probe_device(emit) -> str:
-    """Runs in a worker: imports torch (slow) to name the device."""
+def probe_device(emit) -> tuple[str, str]:
+    """Runs in a worker: imports torch (slow) to name the device. Returns (kind, name)."""
     import torch
 
     if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return "CPU"
+        return "cuda", torch.cuda.get_device_name(0)
+    return "cpu", "CPU"
 
 
 class MainWindow(QMainWindow):
@@ -55,16 +58,18 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{APP_NAME} {__version__}")
         self.resize(1100, 700)
 
+        self.device_kind = ""  # "cuda" | "cpu" once probed
+        self.pending_demo_run = False
+        self.demo_steps = 0  # 0: the demo's own step count (tests use a tiny one)
         self.library_panel = LibraryPanel(data)
+        self.train_panel = TrainPanel(data)
+        self.blend_panel = BlendPanel(data)
+        self.chat_panel = ChatPanel(data)
         self.sidebar = QListWidget()
         self.sidebar.setFixedWidth(140)
         self.stack = QStackedWidget()
-        panels = [
-            ("Library", self.library_panel),
-            ("Train", placeholder("Train", "Train a new adapter from a folder of your files.")),
-            ("Blend", placeholder("Blend", "Blend adapters into a new one, or merge one into the base.")),
-            ("Chat", placeholder("Chat", "Chat with two adapters side by side and vote for the better one.")),
-        ]
+        panels = [("Library", self.library_panel), ("Train", self.train_panel), ("Blend", self.blend_panel),
+                  ("Chat", self.chat_panel)]
         for index, (name, widget) in enumerate(panels):
             self.sidebar.addItem(name)
             self.stack.addWidget(widget)
@@ -83,8 +88,10 @@ class MainWindow(QMainWindow):
         self.root_stack.addWidget(panels_page)
         self.setCentralWidget(self.root_stack)
         self._build_menu()
+        self._connect_panels()
 
-        self.base_label = QLabel(f"Base: {DEFAULT_BASE_ID}")
+        self.settings = QSettings()
+        self.base_label = QLabel(f"Base: {self.settings.value(BASE_MODEL_KEY, DEFAULT_BASE_ID, type=str)}")
         self.device_label = QLabel("Device: detecting…")
         self.memory_label = QLabel()
         for widget in (self.base_label, self.device_label, self.memory_label):
@@ -94,7 +101,6 @@ class MainWindow(QMainWindow):
         self.memory_timer.start()
         self.update_memory()
 
-        self.settings = QSettings()
         geometry = self.settings.value("main/geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
@@ -107,6 +113,7 @@ class MainWindow(QMainWindow):
         self.welcome = WelcomePage(self.data)
         self.welcome.dismissed.connect(self.close_welcome)
         self.welcome.try_it_requested.connect(self.try_it)
+        self.welcome.base_model_chosen.connect(self.set_base_model)
         self.root_stack.addWidget(self.welcome)
         self.root_stack.setCurrentWidget(self.welcome)
 
@@ -119,20 +126,74 @@ class MainWindow(QMainWindow):
         self.root_stack.setCurrentIndex(0)
         self.sidebar.setCurrentRow(0)
 
-    def try_it(self, sample_folder) -> None:
-        """Hook for the sample-dataset demo; the Train panel takes it over when present."""
+    def try_it(self, sample_folder=None) -> None:
+        """The first-run demo: train a small adapter on the sample dataset, then compare it with the base."""
+        from studio.core.demo import DEMO_STEPS, demo_config
+
         self.close_welcome()
-        self.sidebar.setCurrentRow(1)
+        config = demo_config(self.device_kind or "cpu", steps=self.demo_steps or DEMO_STEPS)
+        if sample_folder is not None:
+            config.data_folder = str(sample_folder)
+        self.pending_demo_run = True
+        self.show_panel(TRAIN)
+        self.train_panel.start_run(config)
+
+    def set_base_model(self, base: str) -> None:
+        self.settings.setValue(BASE_MODEL_KEY, base)
+        self.base_label.setText(f"Base: {base}")
+        self.statusBar().showMessage(f"Base model set to {base}", 5000)
+
+    def show_panel(self, index: int) -> None:
+        self.sidebar.setCurrentRow(index)
+
+    def _connect_panels(self) -> None:
+        library = self.library_panel
+        library.chat_requested.connect(lambda adapter_id: self.open_chat([adapter_id]))
+        library.compare_requested.connect(lambda adapter_id: self.open_chat([adapter_id, "base"]))
+        library.continue_requested.connect(self.continue_training)
+        library.export_requested.connect(self.open_export)
+        self.train_panel.adapter_created.connect(self.adapter_created)
+        self.train_panel.compare_requested.connect(lambda adapter_id: self.open_chat([adapter_id, "base"]))
+        self.blend_panel.adapter_created.connect(self.adapter_created)
+        self.chat_panel.blend_requested.connect(self.open_blend)
+
+    def adapter_created(self, adapter_id: str) -> None:
+        self.library_panel.refresh()
+        self.statusBar().showMessage(f"{adapter_id} is in the library", 8000)
+        if self.pending_demo_run:  # the demo ends in the comparison with the base
+            self.pending_demo_run = False
+            self.open_chat([adapter_id, "base"])
+
+    def open_chat(self, refs: list[str]) -> None:
+        self.show_panel(CHAT)
+        self.chat_panel.open_comparison(refs)
+
+    def open_blend(self, weights: dict) -> None:
+        self.show_panel(BLEND)
+        self.blend_panel.set_parents(weights)
+
+    def continue_training(self, adapter_id: str) -> None:
+        self.show_panel(TRAIN)
+        self.train_panel.continue_training(adapter_id)
+
+    def open_export(self, adapter_id: str) -> None:
+        from studio.gui.export_dialog import ExportDialog
+
+        dialog = ExportDialog(self.data, adapter_id, self)
+        dialog.adapter_created.connect(self.adapter_created)  # "smaller adapter by SVD" makes a new one
+        dialog.open()
 
     def _build_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
         import_action = QAction("&Import adapter…", self, shortcut=QKeySequence("Ctrl+I"))
         import_action.triggered.connect(self.library_panel.ask_import)
+        train_action = QAction("&Train from a folder…", self, shortcut=QKeySequence("Ctrl+N"))
+        train_action.triggered.connect(lambda: (self.show_panel(TRAIN), self.train_panel.start_wizard()))
         settings_action = QAction("&Settings…", self, shortcut=QKeySequence("Ctrl+,"))
         settings_action.triggered.connect(lambda: SettingsDialog(self).exec())
         quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
-        file_menu.addActions([import_action, settings_action, quit_action])
+        file_menu.addActions([train_action, import_action, settings_action, quit_action])
         help_menu = self.menuBar().addMenu("&Help")
         about = QAction("&About", self)
         about.triggered.connect(self.show_about)
@@ -159,15 +220,41 @@ class MainWindow(QMainWindow):
                                                       parent=self))
             self.shown.emit()
 
-    def _set_device(self, name: str) -> None:
+    def _set_device(self, probed: tuple[str, str] | str) -> None:
+        kind, name = probed if isinstance(probed, tuple) else ("", probed)
+        self.device_kind = kind
         self.device_label.setText(f"Device: {name}")
 
     def update_memory(self) -> None:
+        """VRAM used / total once the device probe found a GPU (torch is loaded by then), else RAM."""
+        torch = sys.modules.get("torch")
+        if self.device_kind == "cuda" and torch is not None:
+            free, total = torch.cuda.mem_get_info()  # the driver's figure: every process on the GPU
+            self.memory_label.setText(f"VRAM {(total - free) / 2**30:.1f} / {total / 2**30:.1f} GB")
+            return
         memory = psutil.virtual_memory()
         self.memory_label.setText(f"RAM {(memory.total - memory.available) / 2**30:.1f} / "
                                   f"{memory.total / 2**30:.1f} GB")
 
+    def panels(self) -> list[QWidget]:
+        return [self.train_panel, self.blend_panel, self.chat_panel]
+
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        busy = [panel for panel in self.panels() if panel.busy()]
+        if busy and not self.confirm_close(busy):
+            event.ignore()
+            return
         self.settings.setValue("main/geometry", self.saveGeometry())
         self.memory_timer.stop()
+        for panel in self.panels():
+            panel.shutdown()  # stops cleanly: a training run leaves its checkpoint
         super().closeEvent(event)
+
+    def confirm_close(self, busy: list[QWidget]) -> bool:
+        what = "A training run is in progress" if self.train_panel in busy else "Work is still running"
+        answer = QMessageBox.question(
+            self, f"Quit {APP_NAME}?",
+            f"{what}. Quit anyway? A training run stops at the next step and keeps its checkpoint, so you "
+            "can resume it from the Train panel next time.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes

@@ -1,0 +1,271 @@
+"""The run browser: past training runs, their loss curves overlaid, a settings diff, resume.
+
+`list_runs(data)` reads runs/<run-id>/config.json and metrics.jsonl (plain Python, run in a worker)
+into RunSummary rows. A run whose last event is not Finished, Failed or Stopped was interrupted (the
+app closed or crashed); it, like a stopped or failed run, can be resumed from its last checkpoint.
+The widget lists runs, overlays the selected runs' smoothed loss, diffs two runs' settings and
+asks the panel to resume one. Knows nothing about how training runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from studio.core.events import Eval, Failed, Finished, RunStarted, Step, Stopped, read_events
+from studio.core.paths import DataDir
+from studio.gui.charts import LossOverlay
+from studio.gui.workers import start_job
+
+log = logging.getLogger(__name__)
+
+RESUMABLE = ("interrupted", "stopped", "failed")
+STATUS_COLOURS = {"finished": "#2f7d32", "stopped": "#8a6d00", "failed": "#b3261e", "interrupted": "#c05800",
+                  "running": "#1f5fbf"}
+COLUMNS = ["Run", "Started", "Status", "Steps", "Final loss", "Eval loss", "Base"]
+HIDDEN_DIFF_KEYS = {"schema_version", "resume", "_inject_oom_at_step"}
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    folder: Path
+    config: dict[str, Any]
+    status: str  # finished | stopped | failed | interrupted
+    step: int = 0
+    max_steps: int = 0
+    final_loss: float | None = None
+    best_eval: float | None = None
+    adapter_id: str | None = None
+    message: str = ""
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.config.get("adapter_name") or Path(self.config.get("data_folder", "") or self.run_id).name
+
+    @property
+    def started(self) -> str:
+        """From the run id (YYYYmmdd-HHMMSS-...)."""
+        stamp = self.run_id[:15]
+        if len(stamp) == 15 and stamp[8] == "-" and stamp.replace("-", "").isdigit():
+            return f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}"
+        return ""
+
+    @property
+    def resumable(self) -> bool:
+        return self.status in RESUMABLE
+
+
+def summarize_run(folder: Path) -> RunSummary | None:
+    """One run folder as a RunSummary; None when it has no readable config.json."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    events = read_events(folder / "metrics.jsonl")
+    summary = RunSummary(run_id=folder.name, folder=folder, config=config, status="interrupted")
+    by_step: dict[int, float] = {}  # a resumed run redoes steps after its checkpoint: keep the latest
+    for event in events:
+        if isinstance(event, Step):
+            by_step[event.step] = event.loss
+            summary.step, summary.max_steps, summary.final_loss = event.step, event.max_steps, event.loss
+        elif isinstance(event, Eval):
+            summary.best_eval = event.eval_loss if summary.best_eval is None else min(summary.best_eval, event.eval_loss)
+        elif isinstance(event, RunStarted):
+            summary.max_steps = event.max_steps
+            summary.status = "interrupted"
+        elif isinstance(event, Finished):
+            summary.status, summary.adapter_id = "finished", event.adapter_id
+        elif isinstance(event, Stopped):
+            summary.status = "stopped"
+        elif isinstance(event, Failed):
+            summary.status, summary.message = "failed", event.message
+    summary.steps = sorted(by_step)
+    summary.losses = [by_step[s] for s in summary.steps]
+    return summary
+
+
+def list_runs(data: DataDir) -> list[RunSummary]:
+    """Every run in the data directory, newest first."""
+    if not data.runs.is_dir():
+        return []
+    runs = [summarize_run(folder) for folder in sorted(data.runs.iterdir(), reverse=True) if folder.is_dir()]
+    return [run for run in runs if run is not None]
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], everything: bool = False) -> list[tuple[str, str, str]]:
+    """(setting, value in a, value in b) for the settings that differ (or all of them)."""
+    rows = []
+    for key in sorted((set(a) | set(b)) - HIDDEN_DIFF_KEYS):
+        left, right = a.get(key, "—"), b.get(key, "—")
+        if everything or left != right:
+            rows.append((key, _show(left), _show(right)))
+    return rows
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "—"
+    return "—" if value in ("", None) else str(value)
+
+
+class RunBrowser(QWidget):
+    """Lists the runs; `resume_requested(run_id)` asks the panel to continue one."""
+
+    resume_requested = Signal(str)
+    loaded = Signal()
+
+    def __init__(self, data: DataDir, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.data = data
+        self.runs: list[RunSummary] | None = None  # None until the first listing arrives
+        self.active_run: str | None = None  # the run the panel is training now
+        self._loading = 0
+
+        self.table = QTreeWidget()
+        self.table.setHeaderLabels(COLUMNS)
+        self.table.setRootIsDecorated(False)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setSortingEnabled(False)
+        self.table.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
+        self.resume_button = QPushButton("Resume run")
+        self.resume_button.setEnabled(False)
+        self.resume_button.clicked.connect(self._resume)
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.clicked.connect(self.refresh)
+        self.hint = QLabel("Select runs to overlay their loss; select two to compare their settings.")
+        self.hint.setStyleSheet("color: #555;")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.hint, 1)
+        buttons.addWidget(self.refresh_button)
+        buttons.addWidget(self.resume_button)
+
+        self.overlay = LossOverlay()
+        self.diff = QTableWidget(0, 3)
+        self.diff.setHorizontalHeaderLabels(["Setting", "Run A", "Run B"])
+        self.diff.verticalHeader().setVisible(False)
+        self.diff.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.diff.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.diff_label = QLabel("Settings diff: select two runs.")
+
+        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom.addWidget(self.overlay)
+        diff_box = QWidget()
+        diff_layout = QVBoxLayout(diff_box)
+        diff_layout.setContentsMargins(0, 0, 0, 0)
+        diff_layout.addWidget(self.diff_label)
+        diff_layout.addWidget(self.diff, 1)
+        bottom.addWidget(diff_box)
+        bottom.setSizes([500, 400])
+        split = QSplitter(Qt.Orientation.Vertical)
+        top = QWidget()
+        top_layout = QVBoxLayout(top)
+        top_layout.setContentsMargins(0, 0, 0, 0)
+        top_layout.addWidget(self.table, 1)
+        top_layout.addLayout(buttons)
+        split.addWidget(top)
+        split.addWidget(bottom)
+        split.setSizes([260, 300])
+        layout = QVBoxLayout(self)
+        layout.addWidget(split)
+
+    # ------------------------------------------------------------ listing
+
+    def busy(self) -> bool:
+        return self._loading > 0
+
+    def refresh(self) -> None:
+        self._loading += 1
+        start_job(lambda emit: list_runs(self.data), on_done=self._listed, on_error=self._list_failed, parent=self)
+
+    def _list_failed(self, err: BaseException, details: str) -> None:
+        self._loading -= 1
+        log.warning("Listing the runs failed: %s", err)
+
+    def _listed(self, runs: list[RunSummary]) -> None:
+        self._loading -= 1
+        selected = set(self.selected_ids())
+        self.runs = runs
+        self.table.clear()
+        for run in runs:
+            status = "running" if run.run_id == self.active_run else run.status
+            steps = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
+            values = [run.name, run.started, status, steps, _loss(run.final_loss), _loss(run.best_eval),
+                      str(run.config.get("base", ""))]
+            item = QTreeWidgetItem(values)
+            item.setData(0, Qt.ItemDataRole.UserRole, run.run_id)
+            item.setForeground(2, QColor(STATUS_COLOURS.get(status, "#000")))
+            item.setToolTip(0, run.run_id)
+            if run.message:
+                item.setToolTip(2, run.message)
+            self.table.addTopLevelItem(item)
+            item.setSelected(run.run_id in selected)
+        self._selection_changed()
+        self.loaded.emit()
+
+    def interrupted(self) -> list[RunSummary]:
+        """Runs that ended without a final event (not the one running now)."""
+        return [r for r in self.runs or [] if r.status == "interrupted" and r.run_id != self.active_run]
+
+    # ------------------------------------------------------------ selection
+
+    def selected_ids(self) -> list[str]:
+        return [item.data(0, Qt.ItemDataRole.UserRole) for item in self.table.selectedItems()]
+
+    def select(self, run_ids: list[str]) -> None:
+        for index in range(self.table.topLevelItemCount()):
+            item = self.table.topLevelItem(index)
+            item.setSelected(item.data(0, Qt.ItemDataRole.UserRole) in run_ids)
+
+    def run(self, run_id: str) -> RunSummary | None:
+        return next((r for r in self.runs or [] if r.run_id == run_id), None)
+
+    def _selection_changed(self) -> None:
+        chosen = [r for r in (self.run(i) for i in self.selected_ids()) if r is not None]
+        self.overlay.show_runs([(f"{r.name} ({r.started or r.run_id})", r.steps, r.losses) for r in chosen])
+        one = chosen[0] if len(chosen) == 1 else None
+        self.resume_button.setEnabled(one is not None and one.resumable and one.run_id != self.active_run)
+        if len(chosen) == 2:
+            rows = config_diff(chosen[0].config, chosen[1].config)
+            self.diff_label.setText(f"Settings diff: A = {chosen[0].name}, B = {chosen[1].name} "
+                                    f"({len(rows)} setting(s) differ)")
+        else:
+            rows = config_diff(chosen[0].config, {}, everything=True) if one else []
+            rows = [(k, a, "") for k, a, _ in rows]
+            self.diff_label.setText(f"Settings of {one.name}" if one else "Settings diff: select two runs.")
+        self.diff.setRowCount(len(rows))
+        for row, values in enumerate(rows):
+            for column, value in enumerate(values):
+                self.diff.setItem(row, column, QTableWidgetItem(value))
+
+    def _resume(self) -> None:
+        ids = self.selected_ids()
+        if len(ids) == 1:
+            self.resume_requested.emit(ids[0])
+
+
+def _loss(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"

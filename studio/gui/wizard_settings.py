@@ -1,0 +1,512 @@
+"""The train wizard's second page: base model, method, preset, advanced settings and the live estimate.
+
+The estimate panel is the "rank dial": every change of the rank slider, sequence length, micro batch,
+targets, method or quantization re-runs studio.core.estimator.estimate (pure Python, well under a
+millisecond) on the GUI thread and redraws trainable parameters, adapter size and predicted peak
+memory against the detected device. The device and the list of base models are found in workers.
+Knows nothing about the data folder or how training runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QRadioButton,
+    QScrollArea,
+    QSlider,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+    QWizardPage,
+)
+
+from studio.core.basemodels import DEFAULT_BASE_ID
+from studio.core.estimator import Estimate, EstimateRequest, estimate, format_bytes, verdict
+from studio.core.paths import DataDir
+from studio.core.train_config import DEVICES, PRESET_HELP, PRESETS, SCHEDULES, TrainConfig
+from studio.gui.workers import start_job
+
+METHODS = [  # (label, method, quant it implies or None to keep the chosen one)
+    ("QLoRA: 4-bit base + LoRA (least memory)", "lora", "4bit"),
+    ("LoRA: full-precision base", "lora", "none"),
+    ("DoRA: weight-decomposed LoRA", "dora", None),
+    ("rsLoRA: rank-stabilised scaling", "rslora", None),
+]
+QUANT_LABELS = {"4bit": "4-bit NF4", "8bit": "8-bit", "none": "full precision"}
+VERDICT_COLOURS = {"fits": "#3c9a3c", "tight": "#d98b1c", "won't fit": "#c83232"}
+# The default base's shape, so the estimate works before the model is converted on first use.
+SMOLLM2_135M_CONFIG = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
+    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+    "vocab_size": 49152, "tie_word_embeddings": True,
+}
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    kind: str  # "cuda" | "mps" | "cpu"
+    name: str
+    total_bytes: int  # VRAM, or RAM on a CPU
+    detected: bool = True
+
+    @property
+    def memory_name(self) -> str:
+        return "VRAM" if self.kind == "cuda" else "RAM"
+
+
+_device_cache: DeviceSummary | None = None
+
+
+def detect_device_summary(emit=None) -> DeviceSummary:
+    """Worker: the training device and its memory (imports torch; cached for the session)."""
+    global _device_cache
+    from studio.ml.hardware import detect_device
+
+    info = detect_device(probe_bnb=False)
+    _device_cache = DeviceSummary(info.kind, info.name, info.total_memory_bytes)
+    return _device_cache
+
+
+def list_bases(data: DataDir) -> list[tuple[str, str, dict]]:
+    """Worker: (ref, label, config.json) of every base model available here."""
+    from studio.core.basemodels import list_base_models, read_config
+
+    found = []
+    for info in list_base_models(data):
+        try:
+            config = read_config(info.path)
+        except Exception:  # a model that lost its config is listed by nobody
+            continue
+        ref = info.id if info.source != "folder" else str(info.path)
+        found.append((ref, f"{info.id} ({_count(info.parameters)} parameters, {info.source})", config))
+    return found
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
+def _spin(low: int, high: int, value: int, special: str = "", step: int = 1) -> QSpinBox:
+    box = QSpinBox(minimum=low, maximum=high, value=value, singleStep=step)
+    if special:
+        box.setSpecialValueText(special)
+    return box
+
+
+def _dspin(low: float, high: float, value: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
+    return QDoubleSpinBox(minimum=low, maximum=high, value=value, singleStep=step, decimals=decimals)
+
+
+class SettingsPage(QWizardPage):
+    """Page 2. `apply_to(config)` writes the chosen settings into a TrainConfig."""
+
+    base_changed = Signal(str)
+
+    def __init__(self, data: DataDir, base: str, parent_adapter: str = "", parent=None) -> None:
+        super().__init__(parent)
+        self.data = data
+        self.parent_adapter = parent_adapter
+        self.setTitle("Model and settings")
+        self.setSubTitle("Choose the base model, the method and a preset; drag the rank dial and watch the "
+                         "estimate. Advanced settings are one click away.")
+        self.device = _device_cache or DeviceSummary("cpu", "this computer (looking for a GPU…)",
+                                                     int(psutil.virtual_memory().total), detected=False)
+        self.configs: dict[str, dict] = {}
+        self.last: Estimate | None = None
+        self.last_estimate_ms = 0.0
+        self._building = True
+
+        self.base_combo = QComboBox()
+        self.base_combo.setMinimumContentsLength(28)
+        self._add_base(DEFAULT_BASE_ID, f"{DEFAULT_BASE_ID} (default)", self._local_config(DEFAULT_BASE_ID))
+        if base != DEFAULT_BASE_ID:
+            self._add_base(base, base, self._local_config(base))
+        self.base_combo.setCurrentIndex(self.base_combo.findData(base))
+        self.base_combo.currentIndexChanged.connect(self._base_changed)
+        self.method_combo = QComboBox()
+        for label, method, quant in METHODS:
+            self.method_combo.addItem(label, (method, quant))
+        self.method_combo.currentIndexChanged.connect(self._method_changed)
+
+        self.preset_group = QButtonGroup(self)
+        self.preset_buttons: dict[str, QRadioButton] = {}
+        self.preset_memory: dict[str, QLabel] = {}
+        presets = QGroupBox("Preset: what should the adapter learn?")
+        preset_layout = QFormLayout(presets)
+        for name in PRESETS:
+            button = QRadioButton(f"{name.capitalize()}: {PRESET_HELP[name]}")
+            self.preset_group.addButton(button)
+            self.preset_buttons[name] = button
+            self.preset_memory[name] = QLabel()
+            preset_layout.addRow(button, self.preset_memory[name])
+            button.toggled.connect(lambda on, n=name: on and self.apply_preset(n))
+
+        self.advanced_button = QToolButton(text="Advanced settings", checkable=True)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_button.toggled.connect(self._toggle_advanced)
+        self.advanced = self._build_advanced()
+        self.advanced.setVisible(False)
+
+        left = QWidget()
+        form = QFormLayout()
+        form.addRow("Base model:", self.base_combo)
+        form.addRow("Method:", self.method_combo)
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addLayout(form)
+        if parent_adapter:
+            left_layout.addWidget(QLabel(f"<b>Continuing adapter {parent_adapter}</b>: its rank and target "
+                                         "layers are kept.", wordWrap=True))
+        left_layout.addWidget(presets)
+        left_layout.addWidget(self.advanced_button)
+        left_layout.addWidget(self.advanced)
+        left_layout.addStretch(1)
+        scroll = QScrollArea(widgetResizable=True)
+        scroll.setWidget(left)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+        layout = QHBoxLayout(self)
+        layout.addWidget(scroll, 1)
+        layout.addWidget(self._build_estimate_panel())
+
+        self._building = False
+        self.preset_buttons["task"].setChecked(True)
+        self._lock_to_parent()
+        self.update_estimate()
+        if _device_cache is None:
+            start_job(detect_device_summary, on_done=self._device_found, parent=self)
+        start_job(lambda emit: list_bases(self.data), on_done=self._bases_found, parent=self)
+
+    # ------------------------------------------------------------ building
+
+    def _build_advanced(self) -> QWidget:
+        self.alpha = _dspin(0.5, 4096, 32, 1, 1)
+        self.alpha_follows = QCheckBox("2 × rank", checked=True)
+        self.alpha_follows.toggled.connect(lambda on: self.alpha.setEnabled(not on))
+        self.alpha.setEnabled(False)
+        self.dropout = _dspin(0, 0.9, 0.05, 0.01)
+        self.learning_rate = _dspin(1e-6, 0.5, 2e-4, 1e-5, 6)
+        self.schedule = QComboBox()
+        self.schedule.addItems(SCHEDULES)
+        self.warmup = _dspin(0, 0.5, 0.03, 0.01)
+        self.epochs = _dspin(0.1, 1000, 3, 0.5, 1)
+        self.max_steps = _spin(0, 10_000_000, 0, "by epochs", 10)
+        self.micro_batch = _spin(1, 512, 2)
+        self.grad_accum = _spin(1, 4096, 4)
+        self.seq_len = _spin(16, 131_072, 1024, step=128)
+        self.val_fraction = _dspin(0, 0.5, 0.1, 0.05)
+        self.eval_every = _spin(0, 10_000_000, 0, "auto (~10 per run)", 10)
+        self.checkpoint_every = _spin(0, 10_000_000, 0, "auto (~5 per run)", 10)
+        self.sample_every = _spin(0, 10_000_000, 0, "never", 10)
+        self.seed = _spin(0, 2**31 - 1, 42)
+        self.targets = QComboBox(editable=True)
+        self.targets.addItems(["all-linear", "attention"])
+        self.targets.setToolTip("'attention' (q/k/v/o), 'all-linear' (+ the MLP), or module names separated "
+                                "by commas, e.g. q_proj,v_proj")
+        self.quant = QComboBox()
+        for key, label in QUANT_LABELS.items():
+            self.quant.addItem(label, key)
+        self.gradient_checkpointing = QCheckBox("Gradient checkpointing (less memory, about 30 % slower)",
+                                                checked=True)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+
+        widget = QGroupBox()
+        grid = QGridLayout(widget)
+        alpha_row = QHBoxLayout()
+        alpha_row.addWidget(self.alpha)
+        alpha_row.addWidget(self.alpha_follows)
+        fields = (("LoRA alpha:", alpha_row), ("Dropout:", self.dropout), ("Learning rate:", self.learning_rate),
+                  ("Schedule:", self.schedule), ("Warmup share:", self.warmup), ("Epochs:", self.epochs),
+                  ("Max steps:", self.max_steps), ("Micro batch:", self.micro_batch),
+                  ("Grad. accumulation:", self.grad_accum), ("Sequence length:", self.seq_len),
+                  ("Validation share:", self.val_fraction), ("Seed:", self.seed),
+                  ("Evaluate every:", self.eval_every), ("Checkpoint every:", self.checkpoint_every),
+                  ("Sample answers every:", self.sample_every), ("Target layers:", self.targets),
+                  ("Base weights:", self.quant), ("Device:", self.device_combo))
+        half = (len(fields) + 1) // 2  # two columns of label + field keep the page short
+        for index, (label, field) in enumerate(fields):
+            row, column = index % half, 2 * (index // half)
+            grid.addWidget(QLabel(label), row, column)
+            if isinstance(field, QHBoxLayout):
+                grid.addLayout(field, row, column + 1)
+            else:
+                grid.addWidget(field, row, column + 1)
+        grid.addWidget(self.gradient_checkpointing, half, 0, 1, 4)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        for signal in (self.seq_len.valueChanged, self.micro_batch.valueChanged, self.dropout.valueChanged,
+                       self.targets.currentTextChanged, self.quant.currentIndexChanged,
+                       self.gradient_checkpointing.toggled, self.alpha.valueChanged):
+            signal.connect(self.update_estimate)
+        return widget
+
+    def _build_estimate_panel(self) -> QWidget:
+        box = QGroupBox("Estimate")
+        box.setFixedWidth(340)
+        self.rank_slider = QSlider(Qt.Orientation.Horizontal, minimum=1, maximum=256, value=16)
+        self.rank_slider.setTickPosition(QSlider.TickPosition.TicksBelow)
+        self.rank_slider.setTickInterval(32)
+        self.rank_spin = _spin(1, 1024, 16)
+        self.rank_slider.valueChanged.connect(self._rank_moved)
+        self.rank_spin.valueChanged.connect(self._rank_typed)
+        rank_row = QHBoxLayout()
+        rank_row.addWidget(QLabel("LoRA rank:"))
+        rank_row.addWidget(self.rank_slider, 1)
+        rank_row.addWidget(self.rank_spin)
+        self.params_label = QLabel(wordWrap=True)
+        self.size_label = QLabel()
+        self.device_label = QLabel(wordWrap=True)
+        self.memory_bar = QProgressBar(minimum=0, maximum=1000, textVisible=True)
+        self.memory_bar.setMinimumHeight(26)
+        self.verdict_label = QLabel()
+        self.verdict_label.setStyleSheet("font-size: 15px; font-weight: bold;")
+        self.breakdown = QLabel(wordWrap=True)
+        self.breakdown.setStyleSheet("color: #555;")
+        layout = QVBoxLayout(box)
+        layout.addLayout(rank_row)
+        form = QFormLayout()
+        form.addRow("Trainable:", self.params_label)
+        form.addRow("Adapter file:", self.size_label)
+        layout.addLayout(form)
+        layout.addWidget(QLabel("Predicted peak memory:"))
+        layout.addWidget(self.memory_bar)
+        layout.addWidget(self.verdict_label)
+        layout.addWidget(self.device_label)
+        layout.addWidget(self.breakdown)
+        layout.addStretch(1)
+        return box
+
+    # ------------------------------------------------------------ base models and device
+
+    def _add_base(self, ref: str, label: str, config: dict | None) -> None:
+        if self.base_combo.findData(ref) < 0:
+            self.base_combo.addItem(label, ref)
+        if config:
+            self.configs[ref] = config
+
+    def _local_config(self, ref: str) -> dict | None:
+        from studio.core.basemodels import read_config
+
+        for folder in (self.data.models / ref.replace("/", "--"), Path(ref)):
+            if (folder / "config.json").is_file():
+                try:
+                    return read_config(folder)
+                except Exception:
+                    return None
+        return SMOLLM2_135M_CONFIG if ref == DEFAULT_BASE_ID else None
+
+    def _bases_found(self, bases: list[tuple[str, str, dict]]) -> None:
+        current = self.base()
+        self.base_combo.blockSignals(True)
+        for ref, label, config in bases:
+            index = self.base_combo.findData(ref)
+            if index >= 0:
+                self.base_combo.setItemText(index, label + (" (default)" if ref == DEFAULT_BASE_ID else ""))
+                self.configs[ref] = config
+            else:
+                self._add_base(ref, label, config)
+        self.base_combo.setCurrentIndex(max(0, self.base_combo.findData(current)))
+        self.base_combo.blockSignals(False)
+        self.update_estimate()
+
+    def _device_found(self, device: DeviceSummary) -> None:
+        self.device = device
+        self.update_estimate()
+
+    def base(self) -> str:
+        return self.base_combo.currentData() or DEFAULT_BASE_ID
+
+    def _base_changed(self) -> None:
+        self.update_estimate()
+        self.base_changed.emit(self.base())
+
+    # ------------------------------------------------------------ choices
+
+    def _method_changed(self) -> None:
+        _, quant = self.method_combo.currentData()
+        if quant is not None:
+            self.quant.setCurrentIndex(self.quant.findData(quant))
+        self.update_estimate()
+
+    def apply_preset(self, name: str) -> None:
+        values = PRESETS[name]
+        self._building = True
+        self.dropout.setValue(values["dropout"])
+        self.learning_rate.setValue(values["learning_rate"])
+        self.epochs.setValue(values["epochs"])
+        self.targets.setCurrentText(values["targets"])
+        if not self.parent_adapter:
+            self.rank_spin.setValue(values["rank"])
+            self.alpha.setValue(values["alpha"])
+            self.alpha_follows.setChecked(values["alpha"] == 2 * values["rank"])
+        self._building = False
+        self.update_estimate()
+
+    def preset(self) -> str:
+        return next((name for name, button in self.preset_buttons.items() if button.isChecked()), "")
+
+    def _lock_to_parent(self) -> None:
+        if not self.parent_adapter:
+            return
+        from studio.core.library import AdapterLibrary
+
+        try:
+            manifest = AdapterLibrary(self.data).get(self.parent_adapter).manifest
+        except Exception:  # the wizard still opens; the engine reports a missing parent
+            return
+        if manifest.rank:
+            self.rank_spin.setValue(manifest.rank)
+        if manifest.target_modules:
+            self.targets.setCurrentText(",".join(manifest.target_modules))
+        if manifest.alpha:
+            self.alpha_follows.setChecked(False)
+            self.alpha.setValue(manifest.alpha)
+        if manifest.base_model:
+            self._add_base(manifest.base_model, manifest.base_model, self._local_config(manifest.base_model))
+            self.base_combo.setCurrentIndex(self.base_combo.findData(manifest.base_model))
+        for widget in (self.rank_slider, self.rank_spin, self.targets, self.alpha, self.alpha_follows,
+                       self.method_combo):
+            widget.setEnabled(False)
+
+    def _rank_moved(self, value: int) -> None:
+        if self.rank_spin.value() != value:
+            self.rank_spin.setValue(value)  # which re-estimates
+
+    def _rank_typed(self, value: int) -> None:
+        if self.rank_slider.value() != min(value, self.rank_slider.maximum()):
+            self.rank_slider.blockSignals(True)
+            self.rank_slider.setValue(value)
+            self.rank_slider.blockSignals(False)
+        if self.alpha_follows.isChecked():
+            self.alpha.setValue(2.0 * value)
+        self.update_estimate()
+
+    def _toggle_advanced(self, on: bool) -> None:
+        self.advanced.setVisible(on)
+        self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+
+    def target_value(self) -> str | list[str]:
+        text = self.targets.currentText().strip()
+        if text in ("attention", "all-linear"):
+            return text
+        names = [name.strip() for name in text.replace(";", ",").split(",") if name.strip()]
+        return names or "all-linear"
+
+    # ------------------------------------------------------------ estimate
+
+    def _request(self, config: dict, **overrides) -> EstimateRequest:
+        method, _ = self.method_combo.currentData()
+        values = dict(config=config, quant=self.quant.currentData(), rank=self.rank_spin.value(),
+                      alpha=self.alpha.value(), targets=self.target_value(), method=method,
+                      seq_len=self.seq_len.value(), batch_size=self.micro_batch.value(),
+                      gradient_checkpointing=self.gradient_checkpointing.isChecked(),
+                      lora_dropout=self.dropout.value(),
+                      compute_dtype_bytes=2 if self.device.kind == "cuda" else 4)
+        values.update(overrides)
+        return EstimateRequest(**values)
+
+    def update_estimate(self, *_args) -> None:
+        """Re-estimate now (synchronously: it is pure arithmetic) and redraw the panel."""
+        if self._building:
+            return
+        started = time.perf_counter()
+        config = self.configs.get(self.base())
+        if config is None:
+            self.last = None
+            self.params_label.setText("(reading the base model…)")
+            self.last_estimate_ms = (time.perf_counter() - started) * 1000
+            return
+        try:
+            est = estimate(self._request(config))
+        except Exception as err:  # an unknown target module name, an odd model layout
+            self.last = None
+            self.params_label.setText(f"cannot estimate: {getattr(err, 'message', err)}")
+            self.last_estimate_ms = (time.perf_counter() - started) * 1000
+            return
+        self.last = est
+        total = self.device.total_bytes
+        share = est.predicted_peak_bytes / total if total else 1.0
+        ruling = verdict(est, total)
+        colour = VERDICT_COLOURS[ruling]
+        self.params_label.setText(f"{est.trainable_params:,} parameters, {est.trainable_percent:.2f} % of the model")
+        self.size_label.setText(format_bytes(est.adapter_file_bytes))
+        self.memory_bar.setValue(min(1000, int(share * 1000)))
+        self.memory_bar.setFormat(f"{format_bytes(est.predicted_peak_bytes)} of {format_bytes(total)} "
+                                  f"{self.device.memory_name} ({share:.0%})")
+        self.memory_bar.setStyleSheet(f"QProgressBar::chunk {{ background-color: {colour}; }}"
+                                      "QProgressBar { text-align: center; }")
+        self.verdict_label.setText({"fits": "✔ Fits", "tight": "⚠ Tight: close to the limit",
+                                    "won't fit": "✘ Won't fit: lower seq_len, rank or batch"}[ruling])
+        self.verdict_label.setStyleSheet(f"font-size: 15px; font-weight: bold; color: {colour};")
+        self.device_label.setText(f"On {self.device.name} ({format_bytes(total)} {self.device.memory_name}"
+                                  f"{'' if self.device.detected else ', still detecting'}).")
+        top = sorted(est.memory.items(), key=lambda kv: -kv[1])[:4]
+        self.breakdown.setText("Largest terms: " + ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}"
+                                                              for k, v in top))
+        for name, values in PRESETS.items():
+            if self.parent_adapter:
+                self.preset_memory[name].setText("")
+                continue
+            preset_est = estimate(self._request(config, rank=values["rank"], alpha=values["alpha"],
+                                                targets=values["targets"], lora_dropout=values["dropout"]))
+            preset_ruling = verdict(preset_est, total)
+            self.preset_memory[name].setText(
+                f"<span style='color:{VERDICT_COLOURS[preset_ruling]}'>~{format_bytes(preset_est.predicted_peak_bytes)}"
+                f" ({preset_ruling})</span>")
+        self.last_estimate_ms = (time.perf_counter() - started) * 1000
+
+    # ------------------------------------------------------------ result
+
+    def apply_to(self, config: TrainConfig) -> TrainConfig:
+        method, _ = self.method_combo.currentData()
+        return config.replace(
+            base=self.base(), preset=self.preset(), method=method, quant=self.quant.currentData(),
+            targets=self.target_value(), rank=self.rank_spin.value(), alpha=self.alpha.value(),
+            dropout=self.dropout.value(), learning_rate=self.learning_rate.value(),
+            lr_schedule=self.schedule.currentText(), warmup_ratio=self.warmup.value(), epochs=self.epochs.value(),
+            max_steps=self.max_steps.value(), micro_batch_size=self.micro_batch.value(),
+            grad_accum=self.grad_accum.value(), seq_len=self.seq_len.value(), val_fraction=self.val_fraction.value(),
+            eval_every=self.eval_every.value(), checkpoint_every=self.checkpoint_every.value(),
+            sample_every=self.sample_every.value(), seed=self.seed.value(),
+            gradient_checkpointing=self.gradient_checkpointing.isChecked(), device=self.device_combo.currentText(),
+            parent_adapter=self.parent_adapter)
+
+    def summary(self) -> list[tuple[str, str]]:
+        """(what, value) rows for the review page."""
+        steps = f"{self.max_steps.value()} steps" if self.max_steps.value() else f"{self.epochs.value():g} epochs"
+        rows = [("Base model", self.base()), ("Method", self.method_combo.currentText()),
+                ("Base weights", self.quant.currentText()), ("Preset", self.preset() or "custom"),
+                ("Rank / alpha", f"{self.rank_spin.value()} / {self.alpha.value():g}"),
+                ("Target layers", self.targets.currentText()), ("Learning rate", f"{self.learning_rate.value():g} "
+                                                                                  f"({self.schedule.currentText()})"),
+                ("Length", steps),
+                ("Batch", f"{self.micro_batch.value()} × {self.grad_accum.value()} accumulation, "
+                          f"{self.seq_len.value()} tokens per row"),
+                ("Device", self.device_combo.currentText())]
+        if self.parent_adapter:
+            rows.insert(0, ("Continues", self.parent_adapter))
+        if self.last is not None:
+            rows.append(("Predicted peak memory", f"{format_bytes(self.last.predicted_peak_bytes)} "
+                                                  f"({verdict(self.last, self.device.total_bytes)} on {self.device.name})"))
+            rows.append(("Trainable parameters", f"{self.last.trainable_params:,} "
+                                                 f"({self.last.trainable_percent:.2f} %)"))
+        return rows
