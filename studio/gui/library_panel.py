@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMenu,
     QPushButton,
     QSplitter,
     QTableWidget,
@@ -30,8 +31,10 @@ from studio.core.library import AdapterLibrary
 from studio.core.paths import DataDir
 from studio.gui.adapter_detail import AdapterDetail, human_bytes
 from studio.gui.error_dialog import show_error
+from studio.gui.recent_folders import last_folder, remember_folder
 from studio.gui.workers import start_job
 
+IMPORT_FOLDERS = "import"  # recent_folders purpose
 COLUMNS = ["Name", "Base", "Method", "Rank", "Size", "Created", "Final loss", "Tags"]
 
 
@@ -55,7 +58,10 @@ class LibraryPanel(QWidget):
         self.filter_edit = QLineEdit(placeholderText="Filter by name, base or tag…")
         self.filter_edit.textChanged.connect(self.apply_filter)
         import_button = QPushButton("Import…")
-        import_button.clicked.connect(self.ask_import)
+        import_menu = QMenu(import_button)
+        import_menu.addAction("Adapter folder…", self.ask_import)
+        import_menu.addAction("Zipped adapter (.zip)…", self.ask_import_zip)
+        import_button.setMenu(import_menu)
         self.export_button = QPushButton("Export…")
         self.export_button.clicked.connect(lambda: self.selected_id() and self.export_requested.emit(self.selected_id()))
         self.delete_button = QPushButton("Delete")
@@ -179,8 +185,17 @@ class LibraryPanel(QWidget):
     # ------------------------------------------------------------------ actions
 
     def ask_import(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Import an adapter folder")
+        """An adapter comes as a folder or a .zip; the menu on the Import button offers both."""
+        path = QFileDialog.getExistingDirectory(self, "Import an adapter folder", last_folder(IMPORT_FOLDERS))
         if path:
+            remember_folder(IMPORT_FOLDERS, path)
+            self.import_path(Path(path))
+
+    def ask_import_zip(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import a zipped adapter", last_folder(IMPORT_FOLDERS),
+                                              "Zip archives (*.zip)")
+        if path:
+            remember_folder(IMPORT_FOLDERS, path)
             self.import_path(Path(path))
 
     def import_path(self, path: Path) -> None:

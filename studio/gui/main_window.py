@@ -213,12 +213,15 @@ class MainWindow(QMainWindow):
         if not getattr(self, "_probed", False):
             self._probed = True
             if self.welcome is not None:
-                QTimer.singleShot(300, self.welcome.start_probes)
-            # After the first paint: the device probe imports torch, which takes seconds.
-            QTimer.singleShot(200, lambda: start_job(probe_device, on_done=self._set_device,
-                                                      on_error=lambda e, d: self._set_device("unknown"),
-                                                      parent=self))
+                QTimer.singleShot(300, self.welcome, self.welcome.start_probes)
+            # After the first paint: the device probe imports torch, which takes seconds. The timer has
+            # the window as context, so it is dropped if the window is gone by then.
+            QTimer.singleShot(200, self, self.start_device_probe)
             self.shown.emit()
+
+    def start_device_probe(self) -> None:
+        start_job(probe_device, on_done=self._set_device, on_error=lambda e, d: self._set_device("unknown"),
+                  parent=self)
 
     def _set_device(self, probed: tuple[str, str] | str) -> None:
         kind, name = probed if isinstance(probed, tuple) else ("", probed)

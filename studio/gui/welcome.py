@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 
 from studio.core.demo import SAMPLE_DATASET
 from studio.core.paths import DataDir
+from studio.gui.recent_folders import last_folder, remember_folder
 from studio.gui.workers import start_job
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,11 @@ class WelcomePage(QWidget):
         self.model_label.setText(f"Could not prepare the default model: {err}")
 
     def pick_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Pick a Hugging Face model folder")
+        folder = QFileDialog.getExistingDirectory(self, "Pick a Hugging Face model folder",
+                                                  last_folder("base_models"))
         if not folder:
             return
+        remember_folder("base_models", folder)
         from studio.core.basemodels import inspect_base_model
         from studio.core.errors import StudioError
 
