@@ -41,7 +41,7 @@ METHOD_HELP: dict[str, str] = {
            "rank = sum of ranks.",
     "svd": "Forms the exact weighted sum of the updates, then keeps its top singular directions at "
            "the chosen rank (an approximation; exact if rank >= sum of ranks).",
-    "linear": "Averages A matrices and B matrices separately, each scaled by sqrt(weight): cheap and "
+    "linear": "Adds the A matrices and the B matrices separately, each scaled by sqrt(weight): cheap and "
               "same rank, but NOT the weighted sum of the updates (cross terms appear). Equal ranks only.",
     "ties": "TIES on A and B separately (keep the top `density` values, elect signs, average the "
             "agreeing ones), each scaled by sqrt(weight); not the sum of updates. Equal ranks only.",

@@ -1,18 +1,14 @@
 """The Blend panel: pick adapters of one base and their weights, a method, preview the blend, save it.
 
-The form is checked live with studio.core.blend_checks (no torch: adapter headers only), so a
-refusal and the methods that would work show before anything loads. Preview and Save run a
-studio.ml.blend.BlendSession in a worker: the base and parents are loaded once and kept while the
-chosen adapters stay the same, the blend is redone only when the recipe changed. Cancel is
-cooperative (checked between stages). Knows nothing about how peft blends or how the library
-stores adapters.
+The widget only: the adapter table, the method knobs, the preview and save boxes, progress and
+Cancel. The form is checked live (studio.gui.blend_work.describe_check, headers only, no torch), so
+a refusal and the methods that would work show before anything loads. Preview and Save run
+studio.gui.blend_work.BlendWork in a worker, which keeps the loaded parents while the chosen
+adapters stay the same and re-blends only when the recipe changed; Cancel is cooperative.
+Knows nothing about how peft blends, how the library stores adapters, or studio.ml.
 """
 
 from __future__ import annotations
-
-import threading
-from dataclasses import dataclass, replace
-from typing import Any
 
 from PySide6.QtCore import QSignalBlocker, Qt, Signal
 from PySide6.QtWidgets import (
@@ -37,57 +33,32 @@ from PySide6.QtWidgets import (
 
 from studio.core.blend_checks import (
     DEFAULT_DENSITY,
-    DENSITY_METHODS,
     METHOD_HELP,
     METHODS,
-    RANDOM_METHODS,
-    SVD_METHODS,
     AdapterFacts,
     BlendPlan,
-    BlendRecipe,
     Cancelled,
     StageProgress,
-    check_blend,
-    read_adapter_facts,
-    suitable_methods,
 )
 from studio.core.errors import StudioError
 from studio.core.library import AdapterLibrary
 from studio.core.paths import DataDir
+from studio.gui.blend_work import (
+    BlendOutcome,
+    BlendSpec,
+    BlendWork,
+    Catalog,
+    auto_name,
+    describe_check,
+    knobs,
+    parse_tags,
+)
 from studio.gui.error_dialog import show_error
 from studio.gui.workers import start_job
 
 DEFAULT_PROMPT = "What is the capital of France?"
 COLUMNS = ["Adapter", "Weight", "Rank", "Targets", "Made by"]
 OK_STYLE, BAD_STYLE = "color: #1a7f37", "color: #b42318"
-
-
-@dataclass(frozen=True)
-class BlendSpec:
-    """What the form asks for: enough to tell whether the blend in memory is still current."""
-
-    adapters: tuple[str, ...]
-    weights: tuple[float, ...]
-    method: str
-    density: float | None
-    rank: int | None
-    seed: int
-
-    def options(self) -> dict[str, Any]:
-        return {"density": self.density, "rank": self.rank, "seed": self.seed}
-
-
-@dataclass(frozen=True)
-class BlendOutcome:
-    """What a preview or save job hands back to the GUI thread."""
-
-    spec: BlendSpec
-    result_rank: int
-    exact: bool
-    seconds: float
-    answer: str | None = None
-    saved_id: str | None = None
-    saved_name: str | None = None
 
 
 def _label(text: str = "", style: str = "") -> QLabel:
@@ -111,67 +82,6 @@ def _layout(layout, *items):
     return layout
 
 
-def _load_library(library: AdapterLibrary) -> tuple[list, dict[str, AdapterFacts | str]]:
-    """Runs in a worker: the entries, and each one's blend facts or why they cannot be read."""
-    entries, facts = library.list(), {}
-    for e in entries:
-        try:
-            facts[e.id] = read_adapter_facts(e.path, e.manifest, ref=e.id)
-        except StudioError as err:
-            facts[e.id] = str(err)
-    return entries, facts
-
-
-class BlendWork:
-    """The BlendSession the panel's workers share (one job at a time) and its cooperative stop flag.
-
-    Plain Python, no Qt: `run` executes in a worker, everything else on the GUI thread while idle."""
-
-    def __init__(self, library: AdapterLibrary, data: DataDir) -> None:
-        self.library, self.data = library, data
-        self.session = None  # a studio.ml.blend.BlendSession
-        self.blended: BlendSpec | None = None  # the recipe of the blend held in the session
-        self.stop = threading.Event()
-
-    def run(self, emit, spec: BlendSpec, prompt: str | None, save: tuple[str, list[str]] | None) -> BlendOutcome:
-        """(Re)load the session if the parents changed, blend if the recipe changed, then ask / save."""
-        from studio.ml.blend import BlendSession
-
-        def report(low: float, high: float):
-            return lambda p: emit(StageProgress(p.stage, low + (high - low) * p.fraction, p.message))
-
-        if self.session is not None and tuple(self.session.adapters) != spec.adapters:
-            self.close()
-        if self.session is None:
-            self.session = BlendSession(self.library, list(spec.adapters), data=self.data,
-                                        progress=report(0.0, 0.5), should_stop=self.stop.is_set)
-        session = self.session
-        if self.blended != spec or session.result is None:
-            self.blended = None
-            session.progress = report(0.5, 0.85)
-            session.blend(spec.weights, spec.method, **spec.options())
-            self.blended = spec
-        plan = session.result.plan
-        outcome = BlendOutcome(spec=spec, result_rank=plan.result_rank, exact=plan.exact,
-                               seconds=session.result.seconds)
-        if prompt is not None:
-            emit(StageProgress("preview", 0.9, "Asking the blend…"))
-            outcome = replace(outcome, answer=session.preview(prompt))
-        if self.stop.is_set():
-            raise Cancelled("Stopped.", hint="Nothing was saved.")
-        if save is not None:
-            session.progress = report(0.9, 1.0)
-            entry = session.save(save[0], tags=save[1])
-            outcome = replace(outcome, saved_id=entry.id, saved_name=entry.name)
-        return outcome
-
-    def close(self) -> None:
-        """Let go of the loaded model (only while no job runs)."""
-        session, self.session, self.blended = self.session, None, None
-        if session is not None:
-            session.close()
-
-
 class BlendPanel(QWidget):
     """Blend two or more adapters; `adapter_created(id)` after a blend is saved to the library."""
 
@@ -182,8 +92,7 @@ class BlendPanel(QWidget):
         super().__init__(parent)
         self.data = data
         self.library = AdapterLibrary(data)
-        self.entries: dict[str, Any] = {}
-        self.facts: dict[str, AdapterFacts | str] = {}  # id -> facts, or why they could not be read
+        self.catalog = Catalog()  # the adapter list as last loaded, with each one's blend facts
         self.plan: BlendPlan | None = None
         self.work = BlendWork(self.library, data)
         self._jobs = 0
@@ -192,18 +101,15 @@ class BlendPanel(QWidget):
         self._auto_name = ""
         self.last_error = None  # the last error box, for tests and screenshots
 
-        self.base_combo = QComboBox()
-        self.base_combo.currentIndexChanged.connect(self._filter_base)
-        refresh_button = QPushButton("Refresh")
-        refresh_button.clicked.connect(self.refresh)
-        self.remake_button = QPushButton("Remake from recipe")
-        self.remake_button.setToolTip("Load the selected blend's recipe (parents, weights, method) to tweak it.")
-        self.remake_button.clicked.connect(lambda: self.load_recipe(self._current_id() or ""))
-        self.table = QTableWidget(0, len(COLUMNS))
+        self.base_combo = QComboBox(currentIndexChanged=self._filter_base)
+        refresh_button = QPushButton("Refresh", clicked=self.refresh)
+        self.remake_button = QPushButton("Remake from recipe", toolTip="Load the selected blend's recipe "
+                                         "(parents, weights, method) to tweak it.",
+                                         clicked=lambda: self.load_recipe(self._current_id() or ""))
+        self.table = QTableWidget(0, len(COLUMNS), editTriggers=QAbstractItemView.EditTrigger.NoEditTriggers,
+                                  selectionBehavior=QAbstractItemView.SelectionBehavior.SelectRows,
+                                  selectionMode=QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         for col in range(len(COLUMNS)):
@@ -228,36 +134,32 @@ class BlendPanel(QWidget):
         self.rank_spin = QSpinBox(minimum=1, maximum=4096, value=8, toolTip="Target rank of the SVD methods.")
         self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=0,
                                   toolTip="Seed of DARE's random drop mask (same seed, same blend).")
-        knobs = _layout(QHBoxLayout(), QLabel("Density"), self.density_spin, QLabel("Rank"), self.rank_spin,
-                        QLabel("Seed"), self.seed_spin, 1)
+        knob_row = _layout(QHBoxLayout(), QLabel("Density"), self.density_spin, QLabel("Rank"), self.rank_spin,
+                           QLabel("Seed"), self.seed_spin, 1)
         self.check_label = _label()
         self.method_box = QGroupBox("Method")
-        _layout(QVBoxLayout(self.method_box), self.method_combo, self.method_help, knobs, self.check_label)
+        _layout(QVBoxLayout(self.method_box), self.method_combo, self.method_help, knob_row, self.check_label)
 
-        self.prompt_edit = QLineEdit(DEFAULT_PROMPT)
-        self.prompt_edit.returnPressed.connect(self.preview)
-        self.preview_button = QPushButton("Preview", toolTip="Blend in memory and ask the prompt (nothing "
-                                                             "is saved).")
-        self.preview_button.clicked.connect(self.preview)
+        self.prompt_edit = QLineEdit(DEFAULT_PROMPT, returnPressed=self.preview)
+        self.preview_button = QPushButton("Preview", clicked=self.preview,
+                                          toolTip="Blend in memory and ask the prompt (nothing is saved).")
         self.answer_view = QPlainTextEdit(readOnly=True, placeholderText="The blend's answer appears here.")
         self.answer_view.setMinimumHeight(60)
         preview_box = QGroupBox("Preview")
         _layout(QVBoxLayout(preview_box), _layout(QHBoxLayout(), (self.prompt_edit, 1), self.preview_button),
                 self.answer_view)
 
-        self.name_edit = QLineEdit(placeholderText="Name of the new adapter")
-        self.name_edit.textChanged.connect(lambda _text: self._update_buttons())
+        self.name_edit = QLineEdit(placeholderText="Name of the new adapter",
+                                   textChanged=lambda _text: self._update_buttons())
         self.tags_edit = QLineEdit("blend", placeholderText="comma-separated tags")
-        self.save_button = QPushButton("Save to library")
-        self.save_button.clicked.connect(self.save)
+        self.save_button = QPushButton("Save to library", clicked=self.save)
         save_box = QGroupBox("Save")
         save_form = QFormLayout(save_box)
         for label, widget in (("Name", self.name_edit), ("Tags", self.tags_edit), ("", self.save_button)):
             save_form.addRow(label, widget)
 
         self.progress = QProgressBar(maximum=1000, textVisible=False)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button = QPushButton("Cancel", clicked=self.cancel)
         self.status_label = _label("Loading the library…")
         right = _layout(QVBoxLayout(), self.method_box, (preview_box, 1), save_box)
         _layout(QVBoxLayout(self), (_layout(QHBoxLayout(), (left, 5), (right, 4)), 1),
@@ -274,18 +176,16 @@ class BlendPanel(QWidget):
 
     def refresh(self) -> None:
         """Reload the adapters and their blend facts (headers only) in a worker."""
-        self._start(lambda emit: _load_library(self.library), self._fill)
+        self._start(lambda emit: Catalog.load(self.library), self._fill)
 
-    def _fill(self, result) -> None:
-        entries, facts = result
+    def _fill(self, catalog: Catalog) -> None:
         chosen = {**self.chosen_weights(), **(self._pending or {})}
-        self.entries, self.facts = {e.id: e for e in entries}, facts
+        self.catalog = catalog
         self.table.blockSignals(True)
-        self.table.setRowCount(len(entries))
-        for row, entry in enumerate(entries):
-            fact = facts.get(entry.id)
+        self.table.setRowCount(len(catalog.entries))
+        for row, (adapter_id, entry) in enumerate(catalog.entries.items()):
             item = QTableWidgetItem(entry.manifest.name)
-            item.setData(Qt.ItemDataRole.UserRole, entry.id)
+            item.setData(Qt.ItemDataRole.UserRole, adapter_id)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Unchecked)
             spin = QDoubleSpinBox(minimum=-10.0, maximum=10.0, singleStep=0.1, decimals=2, value=1.0)
@@ -293,27 +193,23 @@ class BlendPanel(QWidget):
             spin.valueChanged.connect(self.update_check)
             self.table.setItem(row, 0, item)
             self.table.setCellWidget(row, 1, spin)
-            if isinstance(fact, AdapterFacts):
-                cells = [str(fact.rank), ", ".join(fact.targets), entry.manifest.source]
-            else:
+            if not isinstance(fact := catalog.facts.get(adapter_id), AdapterFacts):
                 item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEnabled)
                 item.setToolTip(str(fact))
-                cells = ["?", "cannot be blended", entry.manifest.source]
-            for col, text in enumerate(cells, start=2):
+            for col, text in enumerate(catalog.cells(adapter_id), start=2):
                 self.table.setItem(row, col, QTableWidgetItem(text))
         self.table.blockSignals(False)
-        bases = sorted({e.manifest.base_model or "?" for e in entries})
+        bases = catalog.bases()
         current = self.base_combo.currentText()
         with QSignalBlocker(self.base_combo):
             self.base_combo.clear()
             self.base_combo.addItems(bases)
             self.base_combo.setCurrentText(current if current in bases else bases[0] if bases else "")
         self._pending = None
-        self.status_label.setText(f"{len(entries)} adapters in the library." if entries else
-                                  "The library is empty: train or import adapters first.")
+        self.status_label.setText(catalog.summary())
         self._apply_weights(chosen)  # may say which chosen adapters are missing
         self._update_remake()
-        self.refreshed.emit(len(entries))
+        self.refreshed.emit(len(catalog.entries))
 
     def _rows(self):
         for row in range(self.table.rowCount()):
@@ -323,8 +219,7 @@ class BlendPanel(QWidget):
         base = self.base_combo.currentText()
         self.table.blockSignals(True)
         for row, item, spin in self._rows():
-            entry = self.entries[item.data(Qt.ItemDataRole.UserRole)]
-            hide = (entry.manifest.base_model or "?") != base
+            hide = self.catalog.base_of(item.data(Qt.ItemDataRole.UserRole)) != base
             self.table.setRowHidden(row, hide)
             if hide:
                 item.setCheckState(Qt.CheckState.Unchecked)
@@ -343,7 +238,7 @@ class BlendPanel(QWidget):
             with QSignalBlocker(self.rank_spin):
                 self.rank_spin.setValue(max(f.rank for f in chosen))
         if self.name_edit.text() in ("", self._auto_name):
-            self._auto_name = "blend-" + "-".join(f.name for f in chosen)[:60] if len(chosen) > 1 else ""
+            self._auto_name = auto_name(chosen)
             self.name_edit.setText(self._auto_name)
         self.update_check()
 
@@ -353,22 +248,20 @@ class BlendPanel(QWidget):
                 if item.checkState() == Qt.CheckState.Checked}
 
     def chosen_facts(self) -> list[AdapterFacts]:
-        return [f for i in self.chosen_weights() if isinstance(f := self.facts.get(i), AdapterFacts)]
+        return self.catalog.usable(self.chosen_weights())
 
     def set_parents(self, weights: dict[str, float]) -> None:
         """Tick these adapters (ids or names) with these weights, untick the others."""
-        if not self.entries and self._jobs:
+        if not self.catalog.entries and self._jobs:
             self._pending = dict(weights)  # the list is still loading; applied by _fill
             return
         self._apply_weights(weights)
 
     def _apply_weights(self, weights: dict[str, float]) -> None:
-        by_name = {e.manifest.name: i for i, e in self.entries.items()}
-        wanted = {(ref if ref in self.entries else by_name.get(ref, ref)): w for ref, w in weights.items()}
-        missing = [ref for ref in wanted if ref not in self.entries]
-        found = [ref for ref in wanted if ref in self.entries]
+        wanted, missing = self.catalog.resolve(weights)
+        found = [ref for ref in wanted if ref in self.catalog.entries]
         if found:
-            self.base_combo.setCurrentText(self.entries[found[0]].manifest.base_model or "?")
+            self.base_combo.setCurrentText(self.catalog.base_of(found[0]))
         self._filter_base()
         self.table.blockSignals(True)
         for row, item, spin in self._rows():
@@ -390,25 +283,24 @@ class BlendPanel(QWidget):
         return item.data(Qt.ItemDataRole.UserRole) if item else None
 
     def _update_remake(self) -> None:
-        entry = self.entries.get(self._current_id() or "")
-        self.remake_button.setEnabled(bool(entry and entry.manifest.lineage.recipe.get("parents")))
+        self.remake_button.setEnabled(self.catalog.has_recipe(self._current_id() or ""))
 
     def load_recipe(self, adapter_id: str) -> None:
         """Fill the form from a blended adapter's recipe, to remake or tweak it."""
-        entry = self.entries.get(adapter_id)
         try:
-            recipe = BlendRecipe.from_dict(entry.manifest.lineage.recipe if entry else {})
+            recipe = self.catalog.recipe(adapter_id)
         except StudioError as err:
             self.last_error = show_error(self, err)
             return
+        name = self.catalog.entries[adapter_id].manifest.name
         self.method_combo.setCurrentIndex(max(0, self.method_combo.findData(recipe.method)))
         self.density_spin.setValue(recipe.density if recipe.density is not None else DEFAULT_DENSITY)
         self.seed_spin.setValue(recipe.seed)
         self.set_parents(dict(zip(recipe.parents, recipe.weights, strict=False)))
         if recipe.rank is not None:
             self.rank_spin.setValue(recipe.rank)
-        self.name_edit.setText(f"{entry.manifest.name}-remake")
-        self.status_label.setText(f"Loaded the recipe of {entry.manifest.name}.")
+        self.name_edit.setText(f"{name}-remake")
+        self.status_label.setText(f"Loaded the recipe of {name}.")
 
     # ------------------------------------------------------------------ the live check
 
@@ -416,38 +308,20 @@ class BlendPanel(QWidget):
         method = self.method_combo.currentData()
         self.method_help.setText(METHOD_HELP[method])
         self._fit_labels()
-        self.density_spin.setEnabled(method in DENSITY_METHODS)
-        self.rank_spin.setEnabled(method in SVD_METHODS)
-        self.seed_spin.setEnabled(method in RANDOM_METHODS)
+        for spin, used in zip((self.density_spin, self.rank_spin, self.seed_spin), knobs(method), strict=True):
+            spin.setEnabled(used)
 
     def spec(self) -> BlendSpec:
-        method = self.method_combo.currentData()
-        weights = self.chosen_weights()
-        return BlendSpec(adapters=tuple(weights), weights=tuple(weights.values()), method=method,
-                         density=self.density_spin.value() if method in DENSITY_METHODS else None,
-                         rank=self.rank_spin.value() if method in SVD_METHODS else None,
-                         seed=self.seed_spin.value() if method in RANDOM_METHODS else 0)
+        return BlendSpec.from_form(self.chosen_weights(), self.method_combo.currentData(),
+                                   self.density_spin.value(), self.rank_spin.value(), self.seed_spin.value())
 
     def update_check(self) -> None:
-        """Check the form with blend_checks (headers only) and say what the blend will be or why not."""
-        spec, facts = self.spec(), self.chosen_facts()
-        self.plan = None
-        try:
-            self.plan = check_blend(facts, spec.weights, spec.method, **spec.options())
-        except StudioError as err:
-            text = f"✗ {err.message}" + (f"\n{err.hint}" if err.hint else "")
-            self.check_label.setStyleSheet(BAD_STYLE)
-        else:
-            kind = "exact weighted sum of the updates" if self.plan.exact else "an approximation"
-            text = (f"✓ Can blend: rank {self.plan.result_rank}, {kind}, "
-                    f"{len(self.plan.modules)} modules ({', '.join(self.plan.targets)}).")
-            text += "".join(f"\n• {w}" for w in self.plan.warnings)
-            self.check_label.setStyleSheet(OK_STYLE)
-        if len(facts) > 1 and self.plan is None:
-            fits = suitable_methods(facts)
-            if fits and spec.method not in fits and "Use one of" not in text:
-                text += f"\nMethods that fit these adapters: {', '.join(fits)}."
-        self.check_label.setText(text)
+        """Check the form (headers only) and say what the blend will be or why not."""
+        spec = self.spec()
+        check = describe_check(self.chosen_facts(), spec)
+        self.plan = check.plan
+        self.check_label.setStyleSheet(OK_STYLE if check.ok else BAD_STYLE)
+        self.check_label.setText(check.text)
         # An answer from an older recipe stays readable but greyed until the next preview.
         self.answer_view.setStyleSheet("color: gray" if self.work.blended not in (None, spec) else "")
         self._fit_labels()
@@ -515,8 +389,7 @@ class BlendPanel(QWidget):
         name = self.name_edit.text().strip()
         if self.plan is None or self.busy() or not name:
             return
-        tags = [t.strip() for t in self.tags_edit.text().split(",") if t.strip()]
-        self._run_blend(save=(name, tags))
+        self._run_blend(save=(name, parse_tags(self.tags_edit.text())))
 
     def cancel(self) -> None:
         if self.busy():
@@ -531,15 +404,12 @@ class BlendPanel(QWidget):
         self._start(lambda emit: self.work.run(emit, spec, prompt, save), self._blend_done)
 
     def _blend_done(self, outcome: BlendOutcome) -> None:
-        kind = "exact" if outcome.exact else "approximate"
-        done = f"Blend ready ({kind}, rank {outcome.result_rank}, {outcome.seconds:.1f} s)."
         if outcome.answer is not None:
             self.answer_view.setPlainText(outcome.answer or "(empty answer)")
         if outcome.saved_id:
-            done = f"Saved {outcome.saved_name!r} to the library with its recipe."
             self.adapter_created.emit(outcome.saved_id)
             self.refresh()
-        self.status_label.setText(done)
+        self.status_label.setText(outcome.describe())
         self.update_check()
 
     def shutdown(self) -> None:

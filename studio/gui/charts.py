@@ -18,6 +18,12 @@ from PySide6.QtWidgets import QGridLayout, QWidget
 SMOOTHING = 0.9  # exponential moving average factor for the smoothed loss line
 REDRAW_MS = 100
 GIB = 2**30
+# Distinct colours that read on white (matplotlib's tab10): one per run in the overlay.
+RUN_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf"]
+# Legend corners (pyqtgraph offsets: positive x from the left, negative y from the bottom). Loss falls to
+# the right, so its bottom left is empty; memory rises, so its bottom right is.
+BOTTOM_LEFT, BOTTOM_RIGHT = (10, -10), (-10, -10)
 
 
 @dataclass
@@ -42,17 +48,31 @@ class Series:
         return len(self.x)
 
 
-def _plot(title: str, y_label: str, legend: bool = True) -> pg.PlotWidget:
-    plot = pg.PlotWidget(title=title)
+def _style(plot: pg.PlotWidget, title: str, y_label: str) -> None:
     plot.setBackground("w")
-    plot.setLabel("bottom", "step")
-    plot.setLabel("left", y_label)
+    plot.setTitle(title, color="#333", size="11pt")
+    plot.setLabel("bottom", "step", color="#555")
+    plot.setLabel("left", y_label, color="#555")
+    for side in ("left", "bottom"):
+        axis = plot.getAxis(side)
+        axis.enableAutoSIPrefix(False)  # "GB (x0.001)" over 651 reads worse than 0.651
+        axis.setTextPen("#444")
     plot.showGrid(x=True, y=True, alpha=0.25)
+
+
+def _legend(plot: pg.PlotWidget, corner: tuple[int, int]) -> pg.LegendItem:
+    return plot.addLegend(offset=corner, brush=pg.mkBrush(255, 255, 255, 210), pen=pg.mkPen("#ccc"),
+                          labelTextColor="#333")
+
+
+def _plot(title: str, y_label: str, legend: tuple[int, int] | None = None) -> pg.PlotWidget:
+    plot = pg.PlotWidget()
+    _style(plot, title, y_label)
     plot.setClipToView(True)
     plot.setDownsampling(auto=True, mode="peak")
     plot.setMinimumSize(220, 150)
     if legend:
-        plot.addLegend(offset=(-10, 10))
+        _legend(plot, legend)
     return plot
 
 
@@ -75,14 +95,14 @@ class TrainingCharts(QWidget):
         self._dirty = False
         self._stopped = False
 
-        self.loss_plot = _plot("Loss", "loss")
+        self.loss_plot = _plot("Loss", "loss", legend=BOTTOM_LEFT)
         self.loss_curve = self.loss_plot.plot(name="train", pen=pg.mkPen((150, 180, 225), width=1))
         self.smooth_curve = self.loss_plot.plot(name="smoothed", pen=pg.mkPen((30, 90, 200), width=2))
         self.eval_curve = self.loss_plot.plot(name="eval", pen=None, symbol="o", symbolSize=8,
                                               symbolBrush=(230, 120, 30))
-        self.lr_plot = _plot("Learning rate", "lr", legend=False)
+        self.lr_plot = _plot("Learning rate", "learning rate")
         self.lr_curve = self.lr_plot.plot(pen=pg.mkPen((60, 160, 90), width=2))
-        self.memory_plot = _plot("Memory", "GB")
+        self.memory_plot = _plot("Memory", "GB", legend=BOTTOM_RIGHT)
         self.memory_curve = self.memory_plot.plot(name="used", pen=pg.mkPen((150, 80, 190), width=2))
         self.reserved_curve = self.memory_plot.plot(name="reserved", pen=pg.mkPen((90, 150, 190), width=1))
         self.peak_curve = self.memory_plot.plot(name="peak", pen=pg.mkPen((200, 60, 60), width=1,
@@ -91,7 +111,7 @@ class TrainingCharts(QWidget):
                                           label="device total", labelOpts={"position": 0.1, "color": (90, 90, 90)})
         self.total_line.setVisible(False)
         self.memory_plot.addItem(self.total_line, ignoreBounds=True)
-        self.speed_plot = _plot("Throughput", "tokens/s", legend=False)
+        self.speed_plot = _plot("Throughput", "tokens/s")
         self.speed_curve = self.speed_plot.plot(pen=pg.mkPen((200, 140, 30), width=2))
 
         grid = QGridLayout(self)
@@ -177,31 +197,47 @@ class TrainingCharts(QWidget):
         self.memory_curve.setData(self.memory_used.x, self.memory_used.y)
         self.reserved_curve.setData(self.memory_reserved.x, self.memory_reserved.y)
         self.peak_curve.setData(self.memory_peak.x, self.memory_peak.y)
+        self._memory_legend()
         self._memory_title()
 
+    def _memory_legend(self) -> None:
+        """Name only the memory curves that have data (a CPU reports neither reserved nor peak)."""
+        legend = self.memory_plot.plotItem.legend
+        for curve, series, name in ((self.reserved_curve, self.memory_reserved, "reserved"),
+                                    (self.peak_curve, self.memory_peak, "peak")):
+            listed = any(sample.item is curve for sample, _ in legend.items)
+            if len(series) and not listed:
+                legend.addItem(curve, name)
+            elif not len(series) and listed:
+                legend.removeItem(curve)
+
     def _memory_title(self) -> None:
+        top = max(self.memory_peak.y + self.memory_used.y + self.memory_reserved.y or [0.0])
         if not self.memory_total:
-            self.memory_plot.setTitle("Memory")
+            self.memory_plot.setTitle("Memory", color="#333", size="11pt")
             self.total_line.setVisible(False)
-            return
-        peak = max(self.memory_peak.y or self.memory_used.y or [0.0])
-        share = 100 * peak / self.memory_total
-        self.memory_plot.setTitle(f"Memory: peak {peak:.2f} of {self.memory_total:.1f} GB ({share:.0f}%)")
-        self.total_line.setValue(self.memory_total)
-        # The total line is drawn only when it is near the curves; far above, it would flatten them.
-        self.total_line.setVisible(peak > 0.5 * self.memory_total)
+        else:
+            peak = max(self.memory_peak.y or self.memory_used.y or [0.0])
+            share = 100 * peak / self.memory_total
+            self.memory_plot.setTitle(f"Memory: peak {peak:.2f} of {self.memory_total:.1f} GB ({share:.0f}%)",
+                                      color="#333", size="11pt")
+            self.total_line.setValue(self.memory_total)
+            # The total line is drawn only when it is near the curves; far above, it would flatten them.
+            self.total_line.setVisible(peak > 0.5 * self.memory_total)
+            if self.total_line.isVisible():
+                top = max(top, self.memory_total)
+        # From zero: a few MB of drift must not look like a leak.
+        if top > 0:
+            self.memory_plot.setYRange(0, top * 1.1, padding=0)
 
 
 class LossOverlay(pg.PlotWidget):
     """Several runs' loss curves (smoothed) on one plot, one colour each, with a legend."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent, title="Loss of the selected runs")
-        self.setBackground("w")
-        self.setLabel("bottom", "step")
-        self.setLabel("left", "loss")
-        self.showGrid(x=True, y=True, alpha=0.25)
-        self.legend = self.addLegend(offset=(-10, 10))
+        super().__init__(parent)
+        _style(self, "Loss of the selected runs (smoothed)", "loss")
+        self.legend = _legend(self, BOTTOM_LEFT)
         self.curves: dict[str, pg.PlotDataItem] = {}
 
     def show_runs(self, runs: list[tuple[str, list[float], list[float]]]) -> None:
@@ -210,7 +246,7 @@ class LossOverlay(pg.PlotWidget):
         self.legend.clear()
         self.curves = {}
         for index, (label, steps, losses) in enumerate(runs):
-            pen = pg.mkPen(pg.intColor(index, hues=max(len(runs), 6), values=1, maxValue=200), width=2)
+            pen = pg.mkPen(RUN_COLOURS[index % len(RUN_COLOURS)], width=2)
             self.curves[label] = self.plot(steps, smooth(losses), name=label, pen=pen)
 
 

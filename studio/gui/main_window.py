@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import psutil
 from PySide6.QtCore import QSettings, QTimer, Signal
@@ -38,6 +39,11 @@ from studio.gui.workers import start_job
 log = logging.getLogger(__name__)
 WELCOME_DONE_KEY = "welcome/done"
 LIBRARY, TRAIN, BLEND, CHAT = range(4)
+
+
+def is_adapter_drop(path: Path) -> bool:
+    """A zip or a folder holding a peft adapter: what the library imports (it checks the rest)."""
+    return path.suffix.lower() == ".zip" or (path / "adapter_config.json").is_file()
 
 
 def probe_device(emit) -> tuple[str, str]:
@@ -89,6 +95,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.root_stack)
         self._build_menu()
         self._connect_panels()
+        self.setAcceptDrops(True)
 
         self.settings = QSettings()
         self.base_label = QLabel(f"Base: {self.settings.value(BASE_MODEL_KEY, DEFAULT_BASE_ID, type=str)}")
@@ -238,6 +245,28 @@ class MainWindow(QMainWindow):
         memory = psutil.virtual_memory()
         self.memory_label.setText(f"RAM {(memory.total - memory.available) / 2**30:.1f} / "
                                   f"{memory.total / 2**30:.1f} GB")
+
+    # ------------------------------------------------------------------ drag and drop
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        if any(url.isLocalFile() for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """A drop anywhere on the window: adapters (folders with adapter_config.json, zips) are imported
+        into the library; any other folder is taken as training data and opens the wizard on it."""
+        paths = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
+        for path in paths:
+            if is_adapter_drop(path):
+                self.show_panel(LIBRARY)
+                self.library_panel.import_path(path)
+            elif path.is_dir():
+                self.show_panel(TRAIN)
+                self.train_panel.start_wizard(path)
+            else:
+                self.statusBar().showMessage(f"{path.name}: drop an adapter folder or .zip to import it, or a "
+                                             "folder of your files to train on it", 10000)
+        event.acceptProposedAction()
 
     def panels(self) -> list[QWidget]:
         return [self.train_panel, self.blend_panel, self.chat_panel]

@@ -141,7 +141,7 @@ class RunBrowser(QWidget):
         super().__init__(parent)
         self.data = data
         self.runs: list[RunSummary] | None = None  # None until the first listing arrives
-        self.active_run: str | None = None  # the run the panel is training now
+        self._active_run: str | None = None  # the run the panel is training now
         self._loading = 0
 
         self.table = QTreeWidget()
@@ -188,7 +188,7 @@ class RunBrowser(QWidget):
         top_layout.addLayout(buttons)
         split.addWidget(top)
         split.addWidget(bottom)
-        split.setSizes([260, 300])
+        split.setSizes([200, 500])  # the chart and the diff matter more than empty rows
         layout = QVBoxLayout(self)
         layout.addWidget(split)
 
@@ -226,6 +226,23 @@ class RunBrowser(QWidget):
         self._selection_changed()
         self.loaded.emit()
 
+    @property
+    def active_run(self) -> str | None:
+        return self._active_run
+
+    @active_run.setter
+    def active_run(self, run_id: str | None) -> None:
+        """The panel starts or ends a run: mark its row and keep Resume off the run that trains."""
+        self._active_run = run_id
+        for index in range(self.table.topLevelItemCount()):
+            item = self.table.topLevelItem(index)
+            run = self.run(item.data(0, Qt.ItemDataRole.UserRole))
+            if run is not None:
+                status = "running" if run.run_id == run_id else run.status
+                item.setText(2, status)
+                item.setForeground(2, QColor(STATUS_COLOURS.get(status, "#000")))
+        self._update_resume()
+
     def interrupted(self) -> list[RunSummary]:
         """Runs that ended without a final event (not the one running now)."""
         return [r for r in self.runs or [] if r.status == "interrupted" and r.run_id != self.active_run]
@@ -245,9 +262,9 @@ class RunBrowser(QWidget):
 
     def _selection_changed(self) -> None:
         chosen = [r for r in (self.run(i) for i in self.selected_ids()) if r is not None]
-        self.overlay.show_runs([(f"{r.name} ({r.started or r.run_id})", r.steps, r.losses) for r in chosen])
+        self.overlay.show_runs([(label, r.steps, r.losses) for label, r in zip(_labels(chosen), chosen, strict=True)])
         one = chosen[0] if len(chosen) == 1 else None
-        self.resume_button.setEnabled(one is not None and one.resumable and one.run_id != self.active_run)
+        self._update_resume()
         if len(chosen) == 2:
             rows = config_diff(chosen[0].config, chosen[1].config)
             self.diff_label.setText(f"Settings diff: A = {chosen[0].name}, B = {chosen[1].name} "
@@ -261,10 +278,21 @@ class RunBrowser(QWidget):
             for column, value in enumerate(values):
                 self.diff.setItem(row, column, QTableWidgetItem(value))
 
+    def _update_resume(self) -> None:
+        ids = self.selected_ids()
+        one = self.run(ids[0]) if len(ids) == 1 else None
+        self.resume_button.setEnabled(one is not None and one.resumable and one.run_id != self._active_run)
+
     def _resume(self) -> None:
         ids = self.selected_ids()
         if len(ids) == 1:
             self.resume_requested.emit(ids[0])
+
+
+def _labels(runs: list[RunSummary]) -> list[str]:
+    """Legend labels: name and start time, or the run id where two runs would read the same."""
+    labels = [f"{r.name} ({r.started or r.run_id})" for r in runs]
+    return [f"{r.name} ({r.run_id})" if labels.count(label) > 1 else label for label, r in zip(labels, runs, strict=True)]
 
 
 def _loss(value: float | None) -> str:

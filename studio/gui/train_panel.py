@@ -138,6 +138,8 @@ class TrainPanel(QWidget):
         self.samples.setRootIsDecorated(False)
         self.samples.setWordWrap(True)
         self.samples.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        self.samples.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
+        self.samples.header().resizeSection(1, 170)  # the prompt repeats; the answer is what changes
         self.samples.header().setStretchLastSection(True)
         self.log_view = QPlainTextEdit(readOnly=True)
         self.log_view.setMaximumBlockCount(LOG_LINES)
@@ -155,6 +157,7 @@ class TrainPanel(QWidget):
         body.addWidget(side)
         body.setStretchFactor(0, 3)
         body.setStretchFactor(1, 2)
+        body.setSizes([600, 400])  # the side needs room to read the answers and the log
 
         dashboard = QWidget()
         dash_layout = QVBoxLayout(dashboard)
@@ -289,7 +292,11 @@ class TrainPanel(QWidget):
             self._log(f"eval at step {event.step}: {event.eval_loss:.4f}{' (best so far)' if event.is_best else ''}",
                       live)
         elif isinstance(event, ev.Sample):
-            item = QTreeWidgetItem([str(event.step), event.prompt, event.completion])
+            answer = event.completion.strip()
+            item = QTreeWidgetItem([str(event.step), event.prompt, answer or "(empty answer)"])
+            if not answer:  # an untrained model often ends its turn at once; say so, not a blank cell
+                item.setForeground(2, Qt.GlobalColor.gray)
+            item.setToolTip(1, event.prompt)
             item.setToolTip(2, event.completion)
             self.samples.addTopLevelItem(item)
             if live:

@@ -136,6 +136,7 @@ class DataPage(QWizardPage):
         self.index = 0
 
         self.folder_edit = QLineEdit(readOnly=True, placeholderText="Drop a folder here, or choose one…")
+        self.folder_edit.setFocusPolicy(Qt.FocusPolicy.ClickFocus)  # else the page opens with the path selected
         self.choose_button = QPushButton("Choose folder…")
         self.choose_button.clicked.connect(self.ask_folder)
         row = QHBoxLayout()
@@ -175,7 +176,7 @@ class DataPage(QWizardPage):
         box_layout.addWidget(self.browser, 1)
         box_layout.addWidget(legend)
 
-        split = QSplitter(Qt.Orientation.Vertical)
+        split = self.split = QSplitter(Qt.Orientation.Vertical)
         top = QGroupBox("Data report")
         top_layout = QVBoxLayout(top)
         top_layout.addWidget(self.table, 1)
@@ -270,6 +271,7 @@ class DataPage(QWizardPage):
                     item.setForeground(Qt.GlobalColor.darkRed)
                 item.setToolTip("\n".join(reasons) if column == 5 and reasons else value)
                 self.table.setItem(row, column, item)
+        self._fit_report()
         t = scan.report.totals()
         text = (f"<b>Totals:</b> {t['files']} file(s), {t['files_used']} used, {t['files_skipped']} skipped; "
                 f"<b>{t['samples']}</b> samples; {t['skipped_lines']} line(s) skipped")
@@ -277,6 +279,18 @@ class DataPage(QWizardPage):
             text += f"; {scan.report.hidden_ignored} hidden file(s) ignored"
         text += "".join(f"<br>⚠ {html.escape(w)}" for w in scan.report.warnings)
         self.totals.setText(text)
+
+    def _fit_report(self) -> None:
+        """Give the report the rows it has (up to half the page); the sample browser gets the rest."""
+        total = sum(self.split.sizes())
+        if total <= 0:  # not laid out yet
+            return
+        table = self.table
+        needed = (table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth()
+                  + sum(table.rowHeight(row) for row in range(table.rowCount()))
+                  + self.totals.sizeHint().height() + 60)  # the group box's title, margins and spacing
+        top = max(170, min(needed, total // 2))
+        self.split.setSizes([top, total - top])
 
     # ------------------------------------------------------------ samples
 

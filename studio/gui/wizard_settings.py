@@ -460,8 +460,7 @@ class SettingsPage(QWizardPage):
         self.device_label.setText(f"On {self.device.name} ({format_bytes(total)} {self.device.memory_name}"
                                   f"{'' if self.device.detected else ', still detecting'}).")
         top = sorted(est.memory.items(), key=lambda kv: -kv[1])[:4]
-        self.breakdown.setText("Largest terms: " + ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}"
-                                                              for k, v in top))
+        self.breakdown.setText("Largest terms: " + ", ".join(f"{self._term(k)} {format_bytes(v)}" for k, v in top))
         for name, values in PRESETS.items():
             if self.parent_adapter:
                 self.preset_memory[name].setText("")
@@ -473,6 +472,12 @@ class SettingsPage(QWizardPage):
                 f"<span style='color:{VERDICT_COLOURS[preset_ruling]}'>~{format_bytes(preset_est.predicted_peak_bytes)}"
                 f" ({preset_ruling})</span>")
         self.last_estimate_ms = (time.perf_counter() - started) * 1000
+
+    def _term(self, key: str) -> str:
+        """A memory term's name; the CUDA context's share stands for the runtime's own memory off a GPU."""
+        if key == "cuda_context":
+            return "CUDA context" if self.device.kind == "cuda" else "runtime overhead"
+        return key.replace("_", " ")
 
     # ------------------------------------------------------------ result
 

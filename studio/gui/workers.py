@@ -33,12 +33,23 @@ class Job(QRunnable):
 
     def run(self) -> None:
         try:
-            result = self.func(self.signals.event.emit)
+            result = self.func(self._emit_event)
         except BaseException as err:  # noqa: BLE001 - reported to the GUI, never lost in a thread
             log.exception("Background job failed")
-            self.signals.failed.emit(err, traceback.format_exc())
+            self._deliver(self.signals.failed, err, traceback.format_exc())
         else:
-            self.signals.finished.emit(result)
+            self._deliver(self.signals.finished, result)
+
+    def _emit_event(self, event: Any) -> None:
+        self._deliver(self.signals.event, event)
+
+    def _deliver(self, signal, *args: Any) -> None:
+        """Emit, unless the widget that asked for the job (the signals' parent) is gone: then nobody
+        is left to tell, which is not an error (e.g. a wizard closed while its scan ran)."""
+        try:
+            signal.emit(*args)
+        except RuntimeError:
+            log.debug("A background job ended after the widget that started it was closed")
 
 
 def start_job(func: Callable[[Callable[[Any], None]], Any], *, on_done: Callable[[Any], None] | None = None,

@@ -5,6 +5,8 @@ a failing job. Every test waits for the panel's workers to end."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,7 @@ def test_preview_then_save_records_the_recipe(qtbot, panel, library):
     assert panel.chosen_weights() == {ids(library)["alpha"]: 1.0, ids(library)["beta"]: -0.5}
     assert panel.method_combo.currentData() == "exact"
     assert panel.check_label.text().startswith("✓")
+    assert "the exact weighted sum of the updates" in panel.check_label.text()
     assert "Exact weighted sum" in panel.method_help.text()
     assert not panel.density_spin.isEnabled() and not panel.rank_spin.isEnabled()
 
@@ -119,6 +122,13 @@ def test_svd_and_pruning_knobs_follow_the_method(panel):
     panel.method_combo.setCurrentIndex(panel.method_combo.findData("dare_linear"))
     assert panel.seed_spin.isEnabled() and not panel.rank_spin.isEnabled()
     assert "random" in panel.method_help.text()
+    # peft's linear/ties/dare mix A and B separately: never sold as the weighted sum (issue 6).
+    for method in ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"):
+        panel.method_combo.setCurrentIndex(panel.method_combo.findData(method))
+        assert "not the exact weighted sum" in panel.check_label.text(), method
+        assert "sqrt" in panel.method_help.text() or "separately" in panel.method_help.text(), method
+    panel.method_combo.setCurrentIndex(panel.method_combo.findData("cat"))
+    assert "✓ Can blend: rank 8, the exact weighted sum" in panel.check_label.text()
 
 
 def test_incompatible_choices_are_refused_with_suggestions(panel):
@@ -161,6 +171,12 @@ def test_cancel_stops_the_preview_and_the_panel_stays_usable(qtbot, panel, libra
     qtbot.waitUntil(lambda: not panel.busy(), timeout=60_000)
     assert panel.status_label.text() == "Cancelled. Nothing was saved." and panel.last_error is None
     assert panel.work.blended is None and panel.work.session is not None  # the loaded parents are kept
+
+
+def test_the_work_module_needs_neither_qt_nor_torch():
+    code = ("import sys, studio.gui.blend_work\n"
+            "assert not [m for m in sys.modules if m.startswith(('PySide6', 'torch'))], 'Qt or torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_a_failing_blend_shows_an_error_and_the_panel_stays_usable(qtbot, panel, library):

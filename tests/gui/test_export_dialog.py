@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,10 @@ def test_gguf_model_merge_reports_the_smoke_test(qtbot, dialog, tmp_path):
     assert (tmp_path / "exports" / "pirate-voice-merged-f16.gguf").is_file()
     text = dialog.result_label.text()
     assert text.startswith("GGUF model read back:") and "Asked: What is the capital of France?" in text
+
+
+def test_the_formats_module_needs_neither_qt_nor_torch():
+    code = ("import sys, studio.gui.export_formats as f\n"
+            "assert {x.key for x in f.available_formats()} >= {'merge', 'peft', 'zip', 'ollama'}\n"
+            "assert not [m for m in sys.modules if m.startswith(('PySide6', 'torch'))], 'Qt or torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -66,3 +66,49 @@ def test_welcome_appears_on_first_start_only(qtbot, studio_home):
     second = MainWindow(studio_home)
     qtbot.addWidget(second)
     assert second.welcome is None
+
+
+def _drop(widget, path: Path) -> None:
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    event = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                       Qt.KeyboardModifier.NoModifier)
+    widget.dropEvent(event)
+
+
+def test_drops_on_the_window_import_adapters_and_train_on_data_folders(qtbot, studio_home, tiny_base_dir, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from studio.gui.main_window import CHAT, LIBRARY, TRAIN, WELCOME_DONE_KEY, MainWindow
+    from studio.gui.settings_dialog import BASE_MODEL_KEY
+    from tests.tiny_model import make_tiny_adapter
+
+    QSettings().setValue(WELCOME_DONE_KEY, True)
+    QSettings().setValue(BASE_MODEL_KEY, "tiny-llama")  # the wizard renders samples with its tokenizer
+    shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
+    adapter = make_tiny_adapter(tiny_base_dir, tmp_path / "dropped-adapter")
+    data_folder = tmp_path / "notes"
+    data_folder.mkdir()
+    (data_folder / "faq.txt").write_text("Some text to learn from.\n" * 20)
+
+    window = MainWindow(studio_home)
+    qtbot.addWidget(window)
+    window.show()
+    window.show_panel(CHAT)
+    with qtbot.waitSignal(window.library_panel.imported, timeout=30_000):
+        _drop(window, adapter)
+    assert window.stack.currentIndex() == LIBRARY
+    qtbot.waitUntil(lambda: window.library_panel.table.rowCount() == 1, timeout=10_000)  # refreshed in a job
+
+    _drop(window, data_folder)
+    assert window.stack.currentIndex() == TRAIN
+    wizard = window.train_panel.wizard
+    assert wizard is not None and wizard.data_page.folder == data_folder
+    qtbot.waitUntil(lambda: wizard.data_page.scan is not None, timeout=30_000)  # the scan of the dropped folder
+    assert wizard.data_page.scan.report.totals()["samples"] > 0
+    qtbot.waitUntil(lambda: "Loading" not in wizard.data_page.sample_label.text(), timeout=30_000)
+    wizard.reject()
+    window.close()

@@ -17,7 +17,8 @@ from studio.core.library import AdapterLibrary
 @pytest.mark.slow
 def test_try_it_trains_on_the_sample_and_opens_the_comparison(qtbot, studio_home, default_base_dir: Path,
                                                              monkeypatch):
-    from studio.core.demo import DEMO_ADAPTER_NAME
+    from studio.core.dataset.scan import scan_folder
+    from studio.core.demo import DEMO_ADAPTER_NAME, SAMPLE_DATASET
     from studio.gui.main_window import CHAT, MainWindow
 
     shutil.copytree(default_base_dir, studio_home.models / default_base_dir.name)
@@ -36,7 +37,8 @@ def test_try_it_trains_on_the_sample_and_opens_the_comparison(qtbot, studio_home
     entries = AdapterLibrary(studio_home).list()
     assert [e.name for e in entries] == [DEMO_ADAPTER_NAME]
     assert entries[0].manifest.metrics["steps"] == 3
-    assert entries[0].manifest.dataset["samples"] >= 30  # every sample file was read
+    sample_count = scan_folder(SAMPLE_DATASET).report.totals()["samples"]
+    assert entries[0].manifest.dataset["samples"] == sample_count  # every sample file was read
     assert opened == [[entries[0].id, "base"]]
     assert window.sidebar.currentRow() == CHAT
     qtbot.waitUntil(lambda: not window.train_panel.busy(), timeout=30_000)
