@@ -41,6 +41,25 @@ WELCOME_DONE_KEY = "welcome/done"
 LIBRARY, TRAIN, BLEND, CHAT = range(4)
 
 
+ABOUT_PACKAGES = ("PySide6-Essentials", "torch", "transformers", "peft", "bitsandbytes", "accelerate")
+
+
+def about_text(data: DataDir) -> str:
+    """The About box: app version, the versions of the libraries that matter, the data directory.
+    Read from package metadata, so showing it imports nothing heavy."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    rows = [f"Python {platform.python_version()}"]
+    for package in ABOUT_PACKAGES:
+        try:
+            rows.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            rows.append(f"{package} not installed")
+    return (f"<b>{APP_NAME}</b> {__version__}<br>Fine-tune, blend and compare LoRA adapters on your own GPU."
+            f"<br><br>{'<br>'.join(rows)}<br><br>Data directory: {data.root}")
+
+
 def is_adapter_drop(path: Path) -> bool:
     """A zip or a folder holding a peft adapter: what the library imports (it checks the rest)."""
     return path.suffix.lower() == ".zip" or (path / "adapter_config.json").is_file()
@@ -207,13 +226,7 @@ class MainWindow(QMainWindow):
         help_menu.addAction(about)
 
     def show_about(self) -> None:
-        import platform
-
-        from PySide6 import __version__ as pyside_version
-
-        QMessageBox.about(self, f"About {APP_NAME}",
-                          f"<b>{APP_NAME}</b> {__version__}<br>Python {platform.python_version()}, "
-                          f"PySide6 {pyside_version}<br>Data directory: {self.data.root}")
+        QMessageBox.about(self, f"About {APP_NAME}", about_text(self.data))
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().showEvent(event)

@@ -112,3 +112,12 @@ def test_drops_on_the_window_import_adapters_and_train_on_data_folders(qtbot, st
     qtbot.waitUntil(lambda: "Loading" not in wizard.data_page.sample_label.text(), timeout=30_000)
     wizard.reject()
     window.close()
+
+
+def test_about_names_the_versions_without_importing_torch(studio_home):
+    code = ("import sys; from studio.core.paths import data_dir; from studio.gui.main_window import about_text; "
+            "text = about_text(data_dir()); assert 'torch 2.' in text and 'peft ' in text, text; "
+            "assert 'torch' not in sys.modules; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr
