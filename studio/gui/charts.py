@@ -21,9 +21,9 @@ GIB = 2**30
 # Distinct colours that read on white (matplotlib's tab10): one per run in the overlay.
 RUN_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf"]
-# Legend corners (pyqtgraph offsets: positive x from the left, negative y from the bottom). Loss falls to
-# the right, so its bottom left is empty; memory rises, so its bottom right is.
-BOTTOM_LEFT, BOTTOM_RIGHT = (10, -10), (-10, -10)
+# Legend corners (pyqtgraph offsets: negative x from the right, negative y from the bottom). Loss falls
+# to the right, so its top right is empty; memory is drawn from zero, so its bottom right is.
+TOP_RIGHT, BOTTOM_RIGHT = (-10, 10), (-10, -10)
 
 
 @dataclass
@@ -95,7 +95,7 @@ class TrainingCharts(QWidget):
         self._dirty = False
         self._stopped = False
 
-        self.loss_plot = _plot("Loss", "loss", legend=BOTTOM_LEFT)
+        self.loss_plot = _plot("Loss", "loss", legend=TOP_RIGHT)
         self.loss_curve = self.loss_plot.plot(name="train", pen=pg.mkPen((150, 180, 225), width=1))
         self.smooth_curve = self.loss_plot.plot(name="smoothed", pen=pg.mkPen((30, 90, 200), width=2))
         self.eval_curve = self.loss_plot.plot(name="eval", pen=None, symbol="o", symbolSize=8,
@@ -237,7 +237,7 @@ class LossOverlay(pg.PlotWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         _style(self, "Loss of the selected runs (smoothed)", "loss")
-        self.legend = _legend(self, BOTTOM_LEFT)
+        self.legend = _legend(self, TOP_RIGHT)
         self.curves: dict[str, pg.PlotDataItem] = {}
 
     def show_runs(self, runs: list[tuple[str, list[float], list[float]]]) -> None:

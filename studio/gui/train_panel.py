@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QRect, QSize, Qt, Signal
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSplitter,
+    QStyledItemDelegate,
     QTabWidget,
     QTreeWidget,
     QTreeWidgetItem,
@@ -85,6 +86,16 @@ def format_eta(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+class WrappingDelegate(QStyledItemDelegate):
+    """Rows as tall as their wrapped text: QTreeView's word wrap alone keeps one elided line."""
+
+    def sizeHint(self, option, index) -> QSize:  # noqa: N802 - Qt's name
+        width = max(20, self.parent().header().sectionSize(index.column()) - 10)
+        text = str(index.data() or "")
+        bounds = option.fontMetrics.boundingRect(QRect(0, 0, width, 1_000_000), Qt.TextFlag.TextWordWrap, text)
+        return QSize(width, bounds.height() + 4)
+
+
 class TrainPanel(QWidget):
     adapter_created = Signal(str)
     compare_requested = Signal(str)
@@ -137,6 +148,8 @@ class TrainPanel(QWidget):
         self.samples.setHeaderLabels(["Step", "Prompt", "Answer"])
         self.samples.setRootIsDecorated(False)
         self.samples.setWordWrap(True)
+        self.samples.setItemDelegate(WrappingDelegate(self.samples))
+        self.samples.header().sectionResized.connect(lambda *_: self.samples.doItemsLayout())
         self.samples.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         self.samples.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
         self.samples.header().resizeSection(1, 170)  # the prompt repeats; the answer is what changes
