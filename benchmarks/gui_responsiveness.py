@@ -7,7 +7,7 @@ probe tick arrives. Prints the worst and the 99th-percentile stall in ms, the nu
 the dashboard received and the run's outcome, over the whole run and once steps flow. torch is
 imported before the probe starts, as the window does at startup. Target: worst stall < 100 ms.
 
-    python benchmarks/gui_responsiveness.py [--tiny] [--steps 40] [--seq-len 256]
+    python benchmarks/gui_responsiveness.py [--tiny] [--hidden] [--steps 40] [--seq-len 256]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="train the tiny random model instead of the default")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--hidden", action="store_true", help="do not show the panel (no painting)")
     args = parser.parse_args()
 
     from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer
@@ -73,17 +74,39 @@ def main() -> None:
                              max_steps=args.steps, micro_batch_size=1, grad_accum=1, seq_len=args.seq_len,
                              eval_every=every, checkpoint_every=every, sample_every=every, memory_every=1,
                              probe_prompts=[DEMO_PROBE], sample_max_new_tokens=16, gradient_checkpointing=False)
-        # The window imports torch in a worker right after it shows (the status bar's device probe), so
-        # a run started by a user finds it loaded; do the same before measuring.
+        # The window imports torch in a worker right after it shows (the status bar's device probe, which
+        # then freezes the heap), so a run started by a user finds it loaded; do the same before measuring.
+        from studio.gui.main_window import probe_device
         from studio.gui.workers import start_job
 
-        warm = start_job(lambda emit: __import__("torch"))
+        warm = start_job(probe_device)
         warmed = QEventLoop()
         warm.signals.finished.connect(lambda _r: warmed.quit())
         warmed.exec()
         panel = TrainPanel(data)
         panel.resize(1200, 800)
-        panel.show()
+        if not args.hidden:  # hidden: nothing is painted, which tells painting's cost from the rest
+            panel.show()
+
+        # Time the GUI thread's own work on the run (event handling, chart redraws), to tell a stall
+        # caused by it from one caused by the run competing for the CPU.
+        handler_ms: dict[str, list[float]] = {"on_event": [], "charts.redraw": [], "run done": [],
+                                               "run browser refresh": []}
+
+        def timed(name: str, func):
+            def wrapper(*a, **k):
+                begin = time.perf_counter()
+                try:
+                    return func(*a, **k)
+                finally:
+                    handler_ms[name].append((time.perf_counter() - begin) * 1000)
+            return wrapper
+
+        panel.on_event = timed("on_event", panel.on_event)
+        panel._run_done = timed("run done", panel._run_done)
+        panel.browser.refresh = timed("run browser refresh", panel.browser.refresh)
+        panel.charts.timer.timeout.disconnect()
+        panel.charts.timer.timeout.connect(timed("charts.redraw", panel.charts.redraw))
 
         stalls: list[float] = []
         steady: list[float] = []  # once steps flow (after the data preparation and the model load)
@@ -128,6 +151,10 @@ def main() -> None:
         ordered = sorted(steady)
         print(f"once steps flow: worst stall {ordered[-1]:.1f} ms; "
               f"p99 {ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]:.1f} ms")
+    for name, times in handler_ms.items():
+        if times:
+            print(f"GUI thread in {name}: {len(times)} calls, worst {max(times):.1f} ms, "
+                  f"median {statistics.median(times):.1f} ms")
     for stall, at, seen, what in sorted(big, reverse=True)[:8]:
         print(f"  stall {stall:.0f} ms at {at:.1f} s, after {seen} events ({what})")
     app.quit()

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QGridLayout, QWidget
+from PySide6.QtWidgets import QGraphicsView, QGridLayout, QWidget
 
 SMOOTHING = 0.9  # exponential moving average factor for the smoothed loss line
 REDRAW_MS = 100
+AXIS_WIDTH = 64  # px: room for the left axis's label and ticks such as "0.00012"
 GIB = 2**30
 # Distinct colours that read on white (matplotlib's tab10): one per run in the overlay.
 RUN_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -57,7 +58,10 @@ def _style(plot: pg.PlotWidget, title: str, y_label: str) -> None:
         axis = plot.getAxis(side)
         axis.enableAutoSIPrefix(False)  # "GB (x0.001)" over 651 reads worse than 0.651
         axis.setTextPen("#444")
-    plot.showGrid(x=True, y=True, alpha=0.25)
+    # No grid: pyqtgraph draws it from the axes across the whole plot, so every new point repainted
+    # each plot twice over its full area; that alone was ~60% of a dashboard update (benchmarks/
+    # gui_responsiveness.py). A fixed axis width keeps a new tick label from relaying out the plot.
+    plot.getAxis("left").setWidth(AXIS_WIDTH)
 
 
 def _legend(plot: pg.PlotWidget, corner: tuple[int, int]) -> pg.LegendItem:
@@ -71,6 +75,8 @@ def _plot(title: str, y_label: str, legend: tuple[int, int] | None = None) -> pg
     plot.setClipToView(True)
     plot.setDownsampling(auto=True, mode="peak")
     plot.setMinimumSize(220, 150)
+    # One full repaint per update instead of Qt working out the dirty regions of the scene.
+    plot.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.FullViewportUpdate)
     if legend:
         _legend(plot, legend)
     return plot

@@ -34,7 +34,7 @@ from studio.gui.library_panel import LibraryPanel
 from studio.gui.settings_dialog import BASE_MODEL_KEY, SettingsDialog
 from studio.gui.train_panel import TrainPanel
 from studio.gui.welcome import WelcomePage
-from studio.gui.workers import start_job
+from studio.gui.workers import freeze_imported_heap, start_job
 
 log = logging.getLogger(__name__)
 WELCOME_DONE_KEY = "welcome/done"
@@ -68,6 +68,8 @@ def is_adapter_drop(path: Path) -> bool:
 def probe_device(emit) -> tuple[str, str]:
     """Runs in a worker: imports torch (slow) to name the device. Returns (kind, name)."""
     import torch
+
+    freeze_imported_heap()
 
     if torch.cuda.is_available():
         return "cuda", torch.cuda.get_device_name(0)

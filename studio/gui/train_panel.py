@@ -1,18 +1,17 @@
 """The Train panel: the live training dashboard and the run browser.
 
-`start_run(config)` runs studio.ml.training.run_training in a worker; its typed events come back
-through queued signals to `on_event`, which appends to the charts (redrawn by their own ~10 Hz
-timer), the progress bar, the sample generations and the log. Stop and Pause both ask the engine to
-stop at the next step boundary, which leaves a complete checkpoint; Resume starts a new job with
+`start_run(config)` runs studio.ml.training.run_training in a child process supervised by a worker
+thread (studio.ml.training_process); its typed events come back through queued signals to
+`on_event`, which appends to the charts (redrawn by their own ~10 Hz timer), the progress bar, the
+sample generations and the log. Stop and Pause both ask the engine to stop at the next step
+boundary, which leaves a complete checkpoint; Resume starts a new job with
 `TrainConfig(resume=run_id)`. A failed run shows its reason and hint and leaves the panel usable.
 Knows nothing about how training works beyond the events and RunResult.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import sys
 import threading
 from pathlib import Path
 
@@ -45,37 +44,18 @@ from studio.gui.workers import start_job
 
 log = logging.getLogger(__name__)
 
-# While a run trains in a worker thread, the GIL changes hands every 1 ms instead of 5 ms, so the GUI
-# thread (which gives the GIL up at every Qt call while it paints) never waits long to get it back.
-RUN_SWITCH_INTERVAL_S = 0.001
 SHUTDOWN_WAIT_S = 60.0  # how long closing the window waits for the run to reach a step boundary
 LOG_LINES = 5000
 
 
-_frozen = False
-
-
-def _freeze_long_lived_objects() -> None:
-    """Move everything alive now (modules, classes: millions of objects once torch and transformers are
-    imported) out of the garbage collector's reach. The engine and accelerate call gc.collect(), which
-    holds the GIL for the whole pass; on a frozen heap that pass takes milliseconds, not hundreds, so
-    the GUI thread is not starved. Done once per process, after the training imports."""
-    global _frozen
-    if not _frozen:
-        _frozen = True
-        gc.collect()
-        gc.freeze()
-
-
 def train_job(config: TrainConfig, data: DataDir, should_stop, done: threading.Event, emit):
-    """Worker: one run_training call; `done` is set however it ends (shutdown waits on it)."""
+    """Worker thread: supervises one run in a child process (studio.ml.training_process), so the run
+    never holds this interpreter's GIL and a crash of the run leaves the app up. `done` is set however
+    it ends (shutdown waits on it)."""
     try:
-        import transformers.trainer  # noqa: F401 - the engine's heavy imports, before the heap is frozen
+        from studio.ml.training_process import run_training_in_child
 
-        from studio.ml.training import run_training
-
-        _freeze_long_lived_objects()
-        return run_training(config, data, on_event=emit, should_stop=should_stop)
+        return run_training_in_child(config, data, on_event=emit, should_stop=should_stop)
     finally:
         done.set()
 
@@ -110,7 +90,6 @@ class TrainPanel(QWidget):
         self.wizard = None
         self.events_seen = 0
         self._running = False
-        self._switch_interval = sys.getswitchinterval()
         self._closing = False
         self._stop_flag = threading.Event()
         self._done = threading.Event()
@@ -247,8 +226,6 @@ class TrainPanel(QWidget):
         self._stop_mode = ""
         self._pending_tags = list(tags or [])
         self._running = True
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch_interval, RUN_SWITCH_INTERVAL_S))
         self.banner_widget.setVisible(False)
         self.tabs.setCurrentIndex(0)
         self._reset_dashboard()
@@ -367,7 +344,6 @@ class TrainPanel(QWidget):
     def _ended(self) -> None:
         self._running = False
         self.browser.active_run = None
-        sys.setswitchinterval(self._switch_interval)
 
     def _run_done(self, result) -> None:
         self._ended()
@@ -413,7 +389,8 @@ class TrainPanel(QWidget):
         self.progress.setFormat("not started")
         self._log(f"✘ {err}")
         self._update_buttons()
-        self.error_box = show_error(self, err, details, title="Training could not start")
+        # A run in the child process sends its own traceback; the worker's one only says where it was re-raised.
+        self.error_box = show_error(self, err, getattr(err, "details", "") or details, title="Training could not start")
 
     # ------------------------------------------------------------ helpers
 
