@@ -27,3 +27,10 @@ def no_leftover_workers(qapp):
     pool = QThreadPool.globalInstance()
     if not pool.waitForDone(60_000):
         pytest.fail(f"{pool.activeThreadCount()} background job(s) still running 60 s after the test ended")
+    import multiprocessing
+
+    # A training run's child process ends with its supervising job; one still alive was left behind.
+    left = multiprocessing.active_children()
+    for child in left:
+        child.kill()
+    assert not left, f"training process(es) left running: {left}"
