@@ -42,11 +42,12 @@ def cmd_estimate(args: argparse.Namespace, data: DataDir) -> Output:
 
     config = read_config(resolve_base_model(data, args.base).path)
     targets = args.targets if args.targets in ("attention", "all-linear") else args.targets.split(",")
-    result = estimate(EstimateRequest(config=config, quant=args.quant, rank=args.rank, alpha=2.0 * args.rank,
-                                      targets=targets, seq_len=args.seq_len, batch_size=args.batch_size))
     from studio.ml.hardware import detect_device
 
     device = detect_device(probe_bnb=False)
+    result = estimate(EstimateRequest(config=config, quant=args.quant, rank=args.rank, alpha=2.0 * args.rank,
+                                      targets=targets, seq_len=args.seq_len, batch_size=args.batch_size,
+                                      device="cuda" if device.kind == "cuda" else "cpu"))
     total = device.total_memory_bytes if device.kind == "cuda" else None
     body = result.to_dict()
     body["device"] = device.name

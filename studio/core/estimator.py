@@ -105,6 +105,7 @@ class EstimateRequest:
     double_quant: bool = True
     upcast_non_quantized: bool = False  # prepare_model_for_kbit_training casts these to fp32
     save_dtype: str = "F32"  # dtype of the tensors in adapter_model.safetensors
+    device: str = "cuda"  # "cuda" | "cpu": a CPU run has no CUDA context to pay for
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ def _check(req: EstimateRequest) -> None:
         raise StudioError(f"Unknown quantization {req.quant!r}.", hint="Use 4bit, 8bit or none.")
     if req.method not in METHODS:
         raise StudioError(f"Unknown adapter method {req.method!r}.", hint="Use lora, dora or rslora.")
+    if req.device not in ("cuda", "cpu"):
+        raise StudioError(f"Unknown device {req.device!r}.", hint="Use cuda or cpu.")
     if req.optimizer not in OPTIMIZER_STATE_BYTES:
         raise StudioError(f"Unknown optimizer {req.optimizer!r}.", hint="Use adamw or paged_adamw_8bit.")
     for name in ("rank", "seq_len", "batch_size", "compute_dtype_bytes"):
@@ -209,7 +212,7 @@ def estimate(req: EstimateRequest) -> Estimate:
         "live_layer": live_layer,
         "backward_workspace": workspace,
         "logits_and_loss": loss,
-        "cuda_context": CUDA_CONTEXT_BYTES,
+        "cuda_context": CUDA_CONTEXT_BYTES if req.device == "cuda" else 0,
     }
     memory["fragmentation"] = int(FRAGMENTATION_FRACTION * (activations + live_layer + workspace + loss))
 

@@ -2,7 +2,8 @@
 
 `list_runs(data)` reads runs/<run-id>/config.json and metrics.jsonl (plain Python, run in a worker)
 into RunSummary rows. A run whose last event is not Finished, Failed or Stopped was interrupted (the
-app closed or crashed); it, like a stopped or failed run, can be resumed from its last checkpoint.
+app closed or crashed), unless another live process holds its lock (studio.core.run_lock): then it is
+running elsewhere. An interrupted, stopped or failed run can be resumed from its last checkpoint.
 The widget lists runs, overlays the selected runs' smoothed loss, diffs two runs' settings and
 asks the panel to resume one. Knows nothing about how training runs.
 """
@@ -32,6 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.core import run_lock
 from studio.core.events import Eval, Failed, Finished, RunStarted, Step, Stopped, read_events
 from studio.core.paths import DataDir
 from studio.gui.charts import LossOverlay
@@ -51,7 +53,7 @@ class RunSummary:
     run_id: str
     folder: Path
     config: dict[str, Any]
-    status: str  # finished | stopped | failed | interrupted
+    status: str  # finished | stopped | failed | interrupted | running (in another process)
     step: int = 0
     max_steps: int = 0
     final_loss: float | None = None
@@ -102,6 +104,8 @@ def summarize_run(folder: Path) -> RunSummary | None:
             summary.status = "stopped"
         elif isinstance(event, Failed):
             summary.status, summary.message = "failed", event.message
+    if summary.status == "interrupted" and run_lock.holder(folder) is not None:
+        summary.status = "running"  # another live process (a second window, the CLI) is training it
     summary.steps = sorted(by_step)
     summary.losses = [by_step[s] for s in summary.steps]
     return summary

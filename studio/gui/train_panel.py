@@ -174,6 +174,8 @@ class TrainPanel(QWidget):
         self.tabs = QTabWidget()
         self.tabs.addTab(dashboard, "Dashboard")
         self.tabs.addTab(self.browser, "Runs")
+        # Re-read the runs whenever the tab is opened: the CLI or another window may have trained since.
+        self.tabs.currentChanged.connect(lambda index: self.tabs.widget(index) is self.browser and self.browser.refresh())
         layout = QVBoxLayout(self)
         layout.addWidget(self.banner_widget)
         layout.addWidget(self.tabs, 1)

@@ -1,16 +1,15 @@
 """The train wizard's second page: base model, method, preset, advanced settings and the live estimate.
 
-The estimate panel is the "rank dial": every change of the rank slider, sequence length, micro batch,
-targets, method or quantization re-runs studio.core.estimator.estimate (pure Python, well under a
-millisecond) on the GUI thread and redraws trainable parameters, adapter size and predicted peak
-memory against the detected device. The device and the list of base models are found in workers.
+Every change of the rank slider, sequence length, micro batch, targets, method or quantization
+re-runs studio.core.estimator.estimate (pure Python, well under a millisecond) on the GUI thread and
+hands it to the estimate panel (studio.gui.estimate_panel, the "rank dial"), with each preset's
+predicted memory beside its button. The device and the list of base models are found in workers.
 Knows nothing about the data folder or how training runs.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -25,10 +24,8 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QRadioButton,
     QScrollArea,
-    QSlider,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -40,6 +37,7 @@ from studio.core.basemodels import DEFAULT_BASE_ID
 from studio.core.estimator import Estimate, EstimateRequest, estimate, format_bytes, verdict
 from studio.core.paths import DataDir
 from studio.core.train_config import DEVICES, PRESET_HELP, PRESETS, SCHEDULES, TrainConfig
+from studio.gui.estimate_panel import VERDICT_COLOURS, DeviceSummary, EstimatePanel
 from studio.gui.workers import start_job
 
 METHODS = [  # (label, method, quant it implies or None to keep the chosen one)
@@ -49,25 +47,12 @@ METHODS = [  # (label, method, quant it implies or None to keep the chosen one)
     ("rsLoRA: rank-stabilised scaling", "rslora", None),
 ]
 QUANT_LABELS = {"4bit": "4-bit NF4", "8bit": "8-bit", "none": "full precision"}
-VERDICT_COLOURS = {"fits": "#3c9a3c", "tight": "#d98b1c", "won't fit": "#c83232"}
 # The default base's shape, so the estimate works before the model is converted on first use.
 SMOLLM2_135M_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
     "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
     "vocab_size": 49152, "tie_word_embeddings": True,
 }
-
-
-@dataclass(frozen=True)
-class DeviceSummary:
-    kind: str  # "cuda" | "mps" | "cpu"
-    name: str
-    total_bytes: int  # VRAM, or RAM on a CPU
-    detected: bool = True
-
-    @property
-    def memory_name(self) -> str:
-        return "VRAM" if self.kind == "cuda" else "RAM"
 
 
 _device_cache: DeviceSummary | None = None
@@ -185,7 +170,14 @@ class SettingsPage(QWizardPage):
 
         layout = QHBoxLayout(self)
         layout.addWidget(scroll, 1)
-        layout.addWidget(self._build_estimate_panel())
+        self.estimate_panel = EstimatePanel()
+        # The page keeps the rank slider and box in step with each other and with alpha.
+        self.rank_slider, self.rank_spin = self.estimate_panel.rank_slider, self.estimate_panel.rank_spin
+        self.rank_slider.valueChanged.connect(self._rank_moved)
+        self.rank_spin.valueChanged.connect(self._rank_typed)
+        self.params_label, self.memory_bar = self.estimate_panel.params_label, self.estimate_panel.memory_bar
+        self.verdict_label = self.estimate_panel.verdict_label
+        layout.addWidget(self.estimate_panel)
 
         self._building = False
         self.preset_buttons["task"].setChecked(True)
@@ -258,42 +250,6 @@ class SettingsPage(QWizardPage):
                        self.gradient_checkpointing.toggled, self.alpha.valueChanged):
             signal.connect(self.update_estimate)
         return widget
-
-    def _build_estimate_panel(self) -> QWidget:
-        box = QGroupBox("Estimate")
-        box.setFixedWidth(340)
-        self.rank_slider = QSlider(Qt.Orientation.Horizontal, minimum=1, maximum=256, value=16)
-        self.rank_slider.setTickPosition(QSlider.TickPosition.TicksBelow)
-        self.rank_slider.setTickInterval(32)
-        self.rank_spin = _spin(1, 1024, 16)
-        self.rank_slider.valueChanged.connect(self._rank_moved)
-        self.rank_spin.valueChanged.connect(self._rank_typed)
-        rank_row = QHBoxLayout()
-        rank_row.addWidget(QLabel("LoRA rank:"))
-        rank_row.addWidget(self.rank_slider, 1)
-        rank_row.addWidget(self.rank_spin)
-        self.params_label = QLabel(wordWrap=True)
-        self.size_label = QLabel()
-        self.device_label = QLabel(wordWrap=True)
-        self.memory_bar = QProgressBar(minimum=0, maximum=1000, textVisible=True)
-        self.memory_bar.setMinimumHeight(26)
-        self.verdict_label = QLabel()
-        self.verdict_label.setStyleSheet("font-size: 15px; font-weight: bold;")
-        self.breakdown = QLabel(wordWrap=True)
-        self.breakdown.setStyleSheet("color: #555;")
-        layout = QVBoxLayout(box)
-        layout.addLayout(rank_row)
-        form = QFormLayout()
-        form.addRow("Trainable:", self.params_label)
-        form.addRow("Adapter file:", self.size_label)
-        layout.addLayout(form)
-        layout.addWidget(QLabel("Predicted peak memory:"))
-        layout.addWidget(self.memory_bar)
-        layout.addWidget(self.verdict_label)
-        layout.addWidget(self.device_label)
-        layout.addWidget(self.breakdown)
-        layout.addStretch(1)
-        return box
 
     # ------------------------------------------------------------ base models and device
 
@@ -420,7 +376,8 @@ class SettingsPage(QWizardPage):
                       seq_len=self.seq_len.value(), batch_size=self.micro_batch.value(),
                       gradient_checkpointing=self.gradient_checkpointing.isChecked(),
                       lora_dropout=self.dropout.value(),
-                      compute_dtype_bytes=2 if self.device.kind == "cuda" else 4)
+                      compute_dtype_bytes=2 if self.device.kind == "cuda" else 4,
+                      device="cuda" if self.device.kind == "cuda" else "cpu")
         values.update(overrides)
         return EstimateRequest(**values)
 
@@ -432,35 +389,19 @@ class SettingsPage(QWizardPage):
         config = self.configs.get(self.base())
         if config is None:
             self.last = None
-            self.params_label.setText("(reading the base model…)")
+            self.estimate_panel.show_message("(reading the base model…)")
             self.last_estimate_ms = (time.perf_counter() - started) * 1000
             return
         try:
             est = estimate(self._request(config))
         except Exception as err:  # an unknown target module name, an odd model layout
             self.last = None
-            self.params_label.setText(f"cannot estimate: {getattr(err, 'message', err)}")
+            self.estimate_panel.show_message(f"cannot estimate: {getattr(err, 'message', err)}")
             self.last_estimate_ms = (time.perf_counter() - started) * 1000
             return
         self.last = est
         total = self.device.total_bytes
-        share = est.predicted_peak_bytes / total if total else 1.0
-        ruling = verdict(est, total)
-        colour = VERDICT_COLOURS[ruling]
-        self.params_label.setText(f"{est.trainable_params:,} parameters, {est.trainable_percent:.2f} % of the model")
-        self.size_label.setText(format_bytes(est.adapter_file_bytes))
-        self.memory_bar.setValue(min(1000, int(share * 1000)))
-        self.memory_bar.setFormat(f"{format_bytes(est.predicted_peak_bytes)} of {format_bytes(total)} "
-                                  f"{self.device.memory_name} ({share:.0%})")
-        self.memory_bar.setStyleSheet(f"QProgressBar::chunk {{ background-color: {colour}; }}"
-                                      "QProgressBar { text-align: center; }")
-        self.verdict_label.setText({"fits": "✔ Fits", "tight": "⚠ Tight: close to the limit",
-                                    "won't fit": "✘ Won't fit: lower seq_len, rank or batch"}[ruling])
-        self.verdict_label.setStyleSheet(f"font-size: 15px; font-weight: bold; color: {colour};")
-        self.device_label.setText(f"On {self.device.name} ({format_bytes(total)} {self.device.memory_name}"
-                                  f"{'' if self.device.detected else ', still detecting'}).")
-        top = sorted(est.memory.items(), key=lambda kv: -kv[1])[:4]
-        self.breakdown.setText("Largest terms: " + ", ".join(f"{self._term(k)} {format_bytes(v)}" for k, v in top))
+        self.estimate_panel.show_estimate(est, self.device)
         for name, values in PRESETS.items():
             if self.parent_adapter:
                 self.preset_memory[name].setText("")
@@ -472,12 +413,6 @@ class SettingsPage(QWizardPage):
                 f"<span style='color:{VERDICT_COLOURS[preset_ruling]}'>~{format_bytes(preset_est.predicted_peak_bytes)}"
                 f" ({preset_ruling})</span>")
         self.last_estimate_ms = (time.perf_counter() - started) * 1000
-
-    def _term(self, key: str) -> str:
-        """A memory term's name; the CUDA context's share stands for the runtime's own memory off a GPU."""
-        if key == "cuda_context":
-            return "CUDA context" if self.device.kind == "cuda" else "runtime overhead"
-        return key.replace("_", " ")
 
     # ------------------------------------------------------------ result
 

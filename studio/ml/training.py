@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from studio.core import atomic
+from studio.core import atomic, run_lock
 from studio.core.basemodels import DEFAULT_BASE_ID, BaseModelInfo, inspect_base_model, resolve_base_model
 from studio.core.errors import StudioError
 from studio.core.events import (
@@ -128,6 +128,7 @@ class _Run:
             self.run_dir.mkdir(parents=True)
             atomic.write_json(self.run_dir / CONFIG_NAME, self.config.to_dict())
         self.resuming = bool(config.resume)
+        run_lock.acquire(self.run_dir)  # refuses a run another live process is training
         self.emit = EventSink(self.run_dir / METRICS_NAME, on_event)
         self.tracker = RunTracker()
         self.oom_injected = False
@@ -186,6 +187,7 @@ class _Run:
                 return self._fail(message, hint)
         finally:
             self.emit.close()
+            run_lock.release(self.run_dir)
             model_loading.free_memory()
 
     def _record_batch(self, micro: int, accum: int) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from studio.core.errors import StudioError
 from studio.core.estimator import (
+    CUDA_CONTEXT_BYTES,
     KNOWN_MODELS,
     NF4_DOUBLE_QUANT_BYTES,
     EstimateRequest,
@@ -175,6 +176,13 @@ def test_memory_options_move_the_prediction_the_right_way():
     assert _peak(method="rslora") == _peak(method="lora")
 
 
+def test_a_cpu_run_pays_no_cuda_context():
+    on_gpu = estimate(EstimateRequest(config=KNOWN_MODELS["Llama-3.2-1B"]))
+    on_cpu = estimate(EstimateRequest(config=KNOWN_MODELS["Llama-3.2-1B"], device="cpu"))
+    assert on_gpu.memory["cuda_context"] == CUDA_CONTEXT_BYTES and on_cpu.memory["cuda_context"] == 0
+    assert on_gpu.predicted_peak_bytes - on_cpu.predicted_peak_bytes == CUDA_CONTEXT_BYTES
+
+
 def test_verdict_thresholds():
     est = estimate(EstimateRequest(config=KNOWN_MODELS["Llama-3.2-1B"]))
     at = lambda peak: dataclasses.replace(est, predicted_peak_bytes=peak)  # noqa: E731
@@ -210,6 +218,7 @@ def test_estimate_is_fast_enough_for_a_slider():
     ({"quant": "3bit"}, "quantization"),
     ({"method": "ia3"}, "method"),
     ({"optimizer": "sgd"}, "optimizer"),
+    ({"device": "tpu"}, "device"),
     ({"rank": 0}, "rank"),
     ({"config": {**KNOWN_MODELS["Llama-3.2-1B"], "hidden_size": None}}, "hidden_size"),
     ({"config": {**KNOWN_MODELS["Llama-3.2-1B"], "num_local_experts": 8}}, "mixture-of-experts"),

@@ -13,10 +13,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from PySide6.QtCore import Qt
 
@@ -243,4 +245,48 @@ def test_an_interrupted_run_is_resumable_and_resume_continues_it(qtbot, home):
     qtbot.waitUntil(lambda: browser.run(killed.name) is not None and browser.run(killed.name).status == "finished",
                     timeout=10_000)
     assert browser.interrupted() == [] and panel.banner_widget.isHidden()
+    panel.shutdown()
+
+
+def test_a_run_another_process_is_training_is_not_offered_for_resume(qtbot, home, tmp_path):
+    """A second window or the CLI training a run: the browser says running, and a resume is refused."""
+    from studio.core import run_lock
+    from studio.core.errors import StudioError
+    from studio.gui.run_browser import RunBrowser
+    from studio.ml.training import run_training
+
+    killed = run_of(home, "killed")
+    assert (killed / run_lock.LOCK_NAME).is_file()  # the SIGKILLed trainer could not remove it: stale
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (killed / run_lock.LOCK_NAME).write_text(json.dumps(
+            {"pid": other.pid, "host": socket.gethostname(), "started": psutil.Process(other.pid).create_time()}))
+        widget = RunBrowser(home)
+        qtbot.addWidget(widget)
+        with qtbot.waitSignal(widget.loaded, timeout=10_000):
+            widget.refresh()
+        summary = widget.run(killed.name)
+        assert summary.status == "running" and not summary.resumable and widget.interrupted() == []
+        with pytest.raises(StudioError, match="another process"):
+            run_training(TrainConfig(resume=killed.name), home)
+    finally:
+        other.kill()
+        other.wait()
+    with qtbot.waitSignal(widget.loaded, timeout=10_000):
+        widget.refresh()
+    assert widget.run(killed.name).status == "interrupted"  # its holder is gone: resumable again
+
+
+def test_opening_the_runs_tab_lists_runs_trained_elsewhere(qtbot, home):
+    from studio.gui.train_panel import TrainPanel
+    from studio.ml.training import run_training
+
+    panel = TrainPanel(home)
+    qtbot.addWidget(panel)
+    qtbot.waitUntil(lambda: panel.browser.runs is not None, timeout=10_000)
+    assert len(panel.browser.runs) == 3
+    folder = Path(json.loads((run_of(home, "rank 4") / "config.json").read_text(encoding="utf-8"))["data_folder"])
+    assert run_training(tiny_config(folder, adapter_name="from the cli", max_steps=2), home).status == "finished"
+    panel.tabs.setCurrentWidget(panel.browser)
+    qtbot.waitUntil(lambda: "from the cli" in rows(panel.browser), timeout=10_000)
     panel.shutdown()
