@@ -7,7 +7,7 @@ studio packs samples into rows of seq_len tokens without padding. Each side runs
 subprocess, one after the other, so peak memory is measured per process. Printed: tokens/s (real,
 non-padding tokens), samples/s, train time, peak memory (RSS on a CPU, CUDA peak on a GPU), ratios.
 
-    python benchmarks/train_throughput.py [--model tiny|default|FOLDER] [--steps 20] [--quant none|4bit]
+    python benchmarks/train_throughput.py [--model tiny|default|FOLDER] [--steps 20] [--quant none|4bit] [--short]
 """
 
 from __future__ import annotations
@@ -34,14 +34,15 @@ WORDS_TEXT = ("the of and to in is that it was for on are as with his they at be
 WORDS = WORDS_TEXT.split()  # noqa: SIM905
 
 
-def make_data(folder: Path, n: int, seed: int = 0) -> Path:
-    """n one-turn chats; answers from 5 to 150 words, so the padding cost of batching is realistic."""
+def make_data(folder: Path, n: int, seed: int = 0, longest_answer: int = 150) -> Path:
+    """n one-turn chats; answers from 5 to `longest_answer` words (most of them short), so the padding
+    cost of batching is realistic."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "chats.jsonl").open("w", encoding="utf-8") as handle:
         for i in range(n):
             question = f"Question {i}: " + " ".join(rng.choices(WORDS, k=rng.randint(4, 16))) + "?"
-            answer = " ".join(rng.choices(WORDS, k=int(5 + rng.random() ** 2 * 145))).capitalize() + "."
+            answer = " ".join(rng.choices(WORDS, k=int(5 + rng.random() ** 2 * (longest_answer - 5)))).capitalize() + "."
             handle.write(json.dumps({"messages": [{"role": "user", "content": question},
                                                   {"role": "assistant", "content": answer}]}) + "\n")
     return folder
@@ -211,6 +212,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--short", action="store_true",
+                        help="short chat samples (answers of 5 to 30 words): the case packing is for")
     parser.add_argument("--worker", choices=["studio", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -226,7 +229,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         args.base = resolve_model(args.model, scratch)
-        args.data = str(make_data(scratch / "data", args.samples))
+        args.data = str(make_data(scratch / "data", args.samples, longest_answer=30 if args.short else 150))
         results = {kind: run_worker(kind, args, str(scratch / f"home-{kind}")) for kind in ("studio", "plain")}
     print(f"model {args.model}, {args.quant}, rank {args.rank}, {args.steps} steps (first {args.warmup} not "
           f"timed), micro batch {args.micro_batch} x {args.grad_accum}, seq_len {args.seq_len}, device {args.device}")

@@ -32,6 +32,7 @@ from studio.core.train_config import TrainConfig
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05  # how often the parent checks the stop flag while no event arrives
+LOG_NAME = "training.log"  # in the data directory's logs/: the child's own log (one writer per file)
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,32 @@ def _child_main(config: TrainConfig, data: DataDir, conn, stop_event, parent_pid
         return pipe_broken or stop_event.is_set() or os.getppid() != parent_pid
 
     try:
+        _log_to_file(data)
+        log.info("Training process %s started (run %s)", os.getpid(), config.resume or config.display_name())
         from studio.ml.training import run_training
 
         result = run_training(config, data, on_event=lambda event: send(("event", event)), should_stop=should_stop)
     except BaseException as err:  # noqa: BLE001 - everything goes back to the parent
+        if not isinstance(err, StudioError):
+            log.exception("Training failed in the training process")
         send(("error", ChildError(type(err).__name__, getattr(err, "message", str(err)), getattr(err, "hint", ""),
                                   traceback.format_exc(), isinstance(err, StudioError))))
     else:
         send(("result", result))
     finally:
         conn.close()
+
+
+def _log_to_file(data: DataDir) -> None:
+    """The spawned child starts with no logging set up: give it its own rotating file."""
+    from logging.handlers import RotatingFileHandler
+
+    data.logs.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(data.logs / LOG_NAME, maxBytes=2_000_000, backupCount=3, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 def run_training_in_child(config: TrainConfig, data: DataDir, on_event: Callable[[Any], None] | None = None,
@@ -132,5 +149,5 @@ def run_training_in_child(config: TrainConfig, data: DataDir, on_event: Callable
     if error.is_studio_error:
         raise TrainingProcessError(error.message, hint=error.hint, details=error.details)
     raise TrainingProcessError(f"Training failed: {error.type_name}: {error.message}",
-                               hint="The details show where it failed; the log file has them too.",
+                               hint=f"The details show where it failed; {data.logs / LOG_NAME} has them too.",
                                details=error.details)

@@ -14,7 +14,7 @@ from studio.core import events as ev
 from studio.core.errors import StudioError
 from studio.core.train_config import TrainConfig
 from studio.ml import checkpoints
-from studio.ml.training_process import TrainingProcessError, run_training_in_child
+from studio.ml.training_process import LOG_NAME, TrainingProcessError, run_training_in_child
 from tests.ml.test_training import math_folder, of, tiny_config  # noqa: F401 - math_folder is a fixture
 
 
@@ -27,6 +27,8 @@ def test_child_run_streams_events_and_returns_the_result(math_folder, tiny_base_
     assert isinstance(seen[0], ev.RunStarted) and isinstance(seen[-1], ev.Finished)
     # what came through the pipe is what the run wrote to its metrics file
     assert ev.read_events(result.run_dir / "metrics.jsonl") == seen
+    # the child logs to its own file in the data directory (the window's log has one writer)
+    assert "Training process" in (studio_home.logs / LOG_NAME).read_text(encoding="utf-8")
 
 
 def test_stop_request_reaches_the_child_and_leaves_a_checkpoint(math_folder, tiny_base_dir, studio_home):  # noqa: F811
