@@ -38,3 +38,15 @@ def default_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     home = data_dir(tmp_path_factory.mktemp("default-home"))
     return ensure_default_model(home)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run ~20x faster on one thread when the 2 CPU cores are shared with other work
+    (`pytestmark = pytest.mark.usefixtures("one_torch_thread")` in a module that wants it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

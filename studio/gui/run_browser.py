@@ -5,7 +5,7 @@ into RunSummary rows. A run whose last event is not Finished, Failed or Stopped 
 app closed or crashed), unless another live process holds its lock (studio.core.run_lock): then it is
 running elsewhere. An interrupted, stopped or failed run can be resumed from its last checkpoint.
 The widget lists runs, overlays the selected runs' smoothed loss, diffs two runs' settings and
-asks the panel to resume one. Knows nothing about how training runs.
+asks the panel to resume one; InterruptedRunBanner offers the newest interrupted run at start. Knows nothing about how training runs.
 """
 
 from __future__ import annotations
@@ -301,3 +301,34 @@ def _labels(runs: list[RunSummary]) -> list[str]:
 
 def _loss(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
+
+
+class InterruptedRunBanner(QWidget):
+    """A strip above the Train panel naming the newest interrupted run, with a button to resume it."""
+
+    resume_requested = Signal(str)  # run id
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.text = QLabel(wordWrap=True)
+        self.text.setStyleSheet("background: #fff4d6; border: 1px solid #e0c070; padding: 6px;")
+        self.resume_button = QPushButton("Resume it")
+        self.resume_button.clicked.connect(lambda: self.run_id and self.resume_requested.emit(self.run_id))
+        row = QHBoxLayout(self)
+        row.addWidget(self.text, 1)
+        row.addWidget(self.resume_button)
+        self.run_id = ""
+        self.setVisible(False)
+
+    def show_runs(self, interrupted: list[RunSummary]) -> None:
+        """Show the first of `interrupted` (newest first), or hide when the list is empty."""
+        if not interrupted:
+            self.run_id = ""
+            self.setVisible(False)
+            return
+        latest = interrupted[0]
+        more = f" ({len(interrupted) - 1} more in the Runs tab)" if len(interrupted) > 1 else ""
+        self.text.setText(f"A training run did not finish (the app was closed or crashed): <b>{latest.name}</b> "
+                          f"at step {latest.step} of {latest.max_steps or '?'}{more}.")
+        self.run_id = latest.run_id
+        self.setVisible(True)

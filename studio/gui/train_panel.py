@@ -15,20 +15,16 @@ import logging
 import threading
 from pathlib import Path
 
-from PySide6.QtCore import QRect, QSize, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QSplitter,
-    QStyledItemDelegate,
     QTabWidget,
-    QTreeWidget,
-    QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -39,7 +35,8 @@ from studio.core.paths import DataDir
 from studio.core.train_config import TrainConfig
 from studio.gui.charts import TrainingCharts
 from studio.gui.error_dialog import show_error
-from studio.gui.run_browser import RunBrowser
+from studio.gui.run_browser import InterruptedRunBanner, RunBrowser
+from studio.gui.sample_answers import SampleAnswers
 from studio.gui.workers import start_job
 
 log = logging.getLogger(__name__)
@@ -64,16 +61,6 @@ def format_eta(seconds: float) -> str:
     seconds = int(max(0, seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-class WrappingDelegate(QStyledItemDelegate):
-    """Rows as tall as their wrapped text: QTreeView's word wrap alone keeps one elided line."""
-
-    def sizeHint(self, option, index) -> QSize:  # noqa: N802 - Qt's name
-        width = max(20, self.parent().header().sectionSize(index.column()) - 10)
-        text = str(index.data() or "")
-        bounds = option.fontMetrics.boundingRect(QRect(0, 0, width, 1_000_000), Qt.TextFlag.TextWordWrap, text)
-        return QSize(width, bounds.height() + 4)
 
 
 class TrainPanel(QWidget):
@@ -123,16 +110,7 @@ class TrainPanel(QWidget):
         self.progress.setFormat("idle")
 
         self.charts = TrainingCharts()
-        self.samples = QTreeWidget()
-        self.samples.setHeaderLabels(["Step", "Prompt", "Answer"])
-        self.samples.setRootIsDecorated(False)
-        self.samples.setWordWrap(True)
-        self.samples.setItemDelegate(WrappingDelegate(self.samples))
-        self.samples.header().sectionResized.connect(lambda *_: self.samples.doItemsLayout())
-        self.samples.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        self.samples.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
-        self.samples.header().resizeSection(1, 170)  # the prompt repeats; the answer is what changes
-        self.samples.header().setStretchLastSection(True)
+        self.samples = SampleAnswers()
         self.log_view = QPlainTextEdit(readOnly=True)
         self.log_view.setMaximumBlockCount(LOG_LINES)
         self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
@@ -157,17 +135,8 @@ class TrainPanel(QWidget):
         dash_layout.addWidget(self.progress)
         dash_layout.addWidget(body, 1)
 
-        self.banner = QLabel(wordWrap=True)
-        self.banner.setStyleSheet("background: #fff4d6; border: 1px solid #e0c070; padding: 6px;")
-        self.banner_resume = QPushButton("Resume it")
-        self.banner_resume.clicked.connect(self._resume_interrupted)
-        banner_row = QHBoxLayout()
-        banner_row.addWidget(self.banner, 1)
-        banner_row.addWidget(self.banner_resume)
-        self.banner_widget = QWidget()
-        self.banner_widget.setLayout(banner_row)
-        self.banner_widget.setVisible(False)
-
+        self.banner = InterruptedRunBanner()
+        self.banner.resume_requested.connect(self.resume)
         self.browser = RunBrowser(data)
         self.browser.resume_requested.connect(self.resume)
         self.browser.loaded.connect(self._update_banner)
@@ -177,7 +146,7 @@ class TrainPanel(QWidget):
         # Re-read the runs whenever the tab is opened: the CLI or another window may have trained since.
         self.tabs.currentChanged.connect(lambda index: self.tabs.widget(index) is self.browser and self.browser.refresh())
         layout = QVBoxLayout(self)
-        layout.addWidget(self.banner_widget)
+        layout.addWidget(self.banner)
         layout.addWidget(self.tabs, 1)
         self._update_buttons()
         self.browser.refresh()
@@ -228,7 +197,7 @@ class TrainPanel(QWidget):
         self._stop_mode = ""
         self._pending_tags = list(tags or [])
         self._running = True
-        self.banner_widget.setVisible(False)
+        self.banner.show_runs([])
         self.tabs.setCurrentIndex(0)
         self._reset_dashboard()
         if config.resume:
@@ -284,15 +253,7 @@ class TrainPanel(QWidget):
             self._log(f"eval at step {event.step}: {event.eval_loss:.4f}{' (best so far)' if event.is_best else ''}",
                       live)
         elif isinstance(event, ev.Sample):
-            answer = event.completion.strip()
-            item = QTreeWidgetItem([str(event.step), event.prompt, answer or "(empty answer)"])
-            if not answer:  # an untrained model often ends its turn at once; say so, not a blank cell
-                item.setForeground(2, Qt.GlobalColor.gray)
-            item.setToolTip(1, event.prompt)
-            item.setToolTip(2, event.completion)
-            self.samples.addTopLevelItem(item)
-            if live:
-                self.samples.scrollToItem(item)
+            self.samples.add_sample(event, scroll=live)
         elif isinstance(event, ev.RunStarted):
             self._started(event, live)
         elif isinstance(event, ev.Checkpoint):
@@ -424,22 +385,9 @@ class TrainPanel(QWidget):
         if live:
             self.log_view.appendPlainText(line)
 
-    def _update_banner(self) -> None:
-        interrupted = self.browser.interrupted()
-        if not interrupted or self._running:
-            self.banner_widget.setVisible(False)
-            return
-        latest = interrupted[0]
-        more = f" ({len(interrupted) - 1} more in the Runs tab)" if len(interrupted) > 1 else ""
-        self.banner.setText(f"A training run did not finish (the app was closed or crashed): <b>{latest.name}</b> "
-                            f"at step {latest.step} of {latest.max_steps or '?'}{more}.")
-        self.banner_resume.setProperty("run_id", latest.run_id)
-        self.banner_widget.setVisible(True)
 
-    def _resume_interrupted(self) -> None:
-        run_id = self.banner_resume.property("run_id")
-        if run_id:
-            self.resume(run_id)
+    def _update_banner(self) -> None:
+        self.banner.show_runs([] if self._running else self.browser.interrupted())
 
 
 def _num(value: float | None) -> str:

@@ -225,7 +225,7 @@ def test_an_interrupted_run_is_resumable_and_resume_continues_it(qtbot, home):
     summary = browser.run(killed.name)
     assert summary.status == "interrupted" and summary.resumable and summary.step == KILL_AT_STEP
     assert [r.run_id for r in browser.interrupted()] == [killed.name]
-    assert not panel.banner_widget.isHidden() and "killed" in panel.banner.text()
+    assert not panel.banner.isHidden() and "killed" in panel.banner.text.text()
     assert (killed / "checkpoints").is_dir()
 
     browser.select([run_of(home, "rank 4").name])
@@ -244,7 +244,7 @@ def test_an_interrupted_run_is_resumable_and_resume_continues_it(qtbot, home):
 
     qtbot.waitUntil(lambda: browser.run(killed.name) is not None and browser.run(killed.name).status == "finished",
                     timeout=10_000)
-    assert browser.interrupted() == [] and panel.banner_widget.isHidden()
+    assert browser.interrupted() == [] and panel.banner.isHidden()
     panel.shutdown()
 
 

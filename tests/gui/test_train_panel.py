@@ -183,11 +183,11 @@ def test_an_interrupted_run_is_offered_after_a_restart(qtbot, panel, library_hom
     qtbot.addWidget(restarted)
     qtbot.waitUntil(lambda: restarted.browser.runs is not None)
     assert [r.status for r in restarted.browser.runs] == ["interrupted"]
-    assert not restarted.banner_widget.isHidden() and "did not finish" in restarted.banner.text()
+    assert not restarted.banner.isHidden() and "did not finish" in restarted.banner.text.text()
     with qtbot.waitSignal(restarted.run_finished, timeout=RUN_TIMEOUT_MS) as done:
-        qtbot.mouseClick(restarted.banner_resume, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(restarted.banner.resume_button, Qt.MouseButton.LeftButton)
     assert done.args[0].status == "finished" and done.args[0].run_id == run_id
-    assert restarted.banner_widget.isHidden()
+    assert restarted.banner.isHidden()
     restarted.shutdown()
 
 

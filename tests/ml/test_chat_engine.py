@@ -36,15 +36,7 @@ def ask(text: str = PROBE) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run ~20x faster on one thread when the 2 CPU cores are shared with other work."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_probe_adapter(base_dir: Path, out_dir: Path, steps: int = 80) -> Path:
