@@ -4,8 +4,9 @@
 CUDA with a quantized base (plain AdamW on a CPU), bf16 where the GPU supports it else fp16, step
 logging every step, evaluation / checkpoints every N steps (rotation is the studio's, see
 checkpoints.py), no reporting integrations. `StudioTrainer` counts the real (non-padding) tokens
-and samples of each micro batch and calls a hook before each training step (the test-only OOM
-injection). Knows nothing about events, the library or where the data came from.
+and samples of each micro batch, calls a hook before each training step (the test-only OOM
+injection), and computes the loss through the LM head only where there are labels
+(studio.ml.label_only_loss) for the model families that allow it. Knows nothing about events, the library or where the data came from.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from transformers import Trainer, TrainingArguments
 
 from studio.core.train_config import TrainConfig
+from studio.ml.label_only_loss import label_only_loss
 from studio.ml.model_loading import DeviceChoice
 
 
@@ -79,6 +81,16 @@ class StudioTrainer(Trainer):
     def counters(self) -> tuple[int, int]:
         """(real tokens, samples) trained by this Trainer so far."""
         return self.session_tokens, self.session_samples
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # The shortcut reduces the loss the way the model's own loss does when it is handed
+        # num_items_in_batch (model_accepts_loss_kwargs), so the Trainer's scaling stays right.
+        loss = None
+        if self.model_accepts_loss_kwargs and self.label_smoother is None and self.compute_loss_func is None:
+            loss = label_only_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch)
+        if loss is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return (loss, {"loss": loss}) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.step_hook is not None:
