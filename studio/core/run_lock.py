@@ -1,11 +1,12 @@
-"""Which process is training a run right now: a lock file in the run folder.
+"""Which process is training a run right now: an OS file lock in the run folder.
 
 A run folder whose events stop without Finished, Stopped or Failed is either interrupted (the
-process died) or still training in another process (a second window, the CLI). The lock tells them
-apart: `running.json` holds the trainer's pid, host and process start time; it is removed when the
-run ends, and a lock whose process is gone (or whose pid now belongs to another program, told by
-the start time) is stale and ignored. Resuming a run that another live process holds is refused, so
-two trainers never write one run folder.
+process died) or still training in another process (a second window, the CLI). The trainer holds an
+OS lock on `running.lock` (flock / LockFileEx through the filelock package) for as long as it trains;
+the OS drops it when the process ends, however it ends, so a lock is never stale and taking it is
+atomic: two processes resuming the same run at the same instant cannot both get it.
+`running.json` beside it names the holder (pid, host, start time) for messages; it is written after
+the lock is taken and removed before it is let go.
 
 Knows nothing about training; used by studio.ml.training and the run browser.
 """
@@ -16,17 +17,23 @@ import json
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
 import psutil
 
 from studio.core.errors import StudioError
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "running.json"
-START_TIME_SLACK_S = 1.0  # process start times are read back with limited precision
+LOCK_NAME = "running.json"        # who holds the run (for messages)
+OS_LOCK_NAME = "running.lock"     # what the OS locks
+ACQUIRE_WAIT_S = 0.5  # covers another process's momentary probe in holder()
+
+_held: dict[Path, filelock.BaseFileLock] = {}  # run folders this process trains
+_held_guard = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -36,11 +43,13 @@ class RunHolder:
     started: float  # the holding process's start time (seconds since the epoch)
 
 
-def _process_started(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.Error, OSError):
-        return None
+def _key(run_dir: Path | str) -> Path:
+    return Path(run_dir).resolve()
+
+
+def _os_lock(run_dir: Path, timeout: float) -> filelock.BaseFileLock:
+    # thread_local=False: the lock belongs to the process, not to the thread that took it
+    return filelock.FileLock(run_dir / OS_LOCK_NAME, timeout=timeout, thread_local=False)
 
 
 def _read(run_dir: Path) -> RunHolder | None:
@@ -51,34 +60,62 @@ def _read(run_dir: Path) -> RunHolder | None:
         return None
 
 
+def _me() -> RunHolder:
+    return RunHolder(os.getpid(), socket.gethostname(), psutil.Process().create_time())
+
+
 def holder(run_dir: Path | str) -> RunHolder | None:
-    """The live process on this machine training this run, or None (no lock, or a stale one)."""
-    held = _read(Path(run_dir))
-    if held is None or held.host != socket.gethostname():
+    """The live process on this machine training this run, or None (nobody, or a dead trainer's leftovers)."""
+    run_dir = _key(run_dir)
+    if run_dir in _held:
+        return _read(run_dir) or _me()
+    named = _read(run_dir)
+    if named is None:
+        return None  # never locked, or released: a trainer writes running.json while it holds the lock
+    if named.host != socket.gethostname():
         return None  # a lock from another machine (a synced folder) cannot be checked: not ours to honour
-    started = _process_started(held.pid)
-    if started is None or abs(started - held.started) > START_TIME_SLACK_S:
+    probe = _os_lock(run_dir, timeout=0)
+    try:
+        probe.acquire()
+    except filelock.Timeout:
+        return named  # a live process holds it
+    except OSError as err:
+        log.warning("Could not check the run lock in %s: %s", run_dir, err)
         return None
-    return held
+    probe.release()
+    return None  # the trainer that wrote running.json is gone (killed, crashed)
 
 
 def acquire(run_dir: Path | str) -> None:
-    """Mark this process as the run's trainer; StudioError if another live process already is."""
-    run_dir = Path(run_dir)
-    other = holder(run_dir)
-    if other is not None and other.pid != os.getpid():
-        raise StudioError(f"Run {run_dir.name!r} is being trained right now by another process (pid {other.pid}).",
-                          hint="Wait for it to finish, or stop it from the window or terminal that started it.")
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_started(os.getpid())}
-    (run_dir / LOCK_NAME).write_text(json.dumps(me), encoding="utf-8")
+    """Take the run for this process; StudioError if another live process is training it."""
+    run_dir = _key(run_dir)
+    with _held_guard:
+        if run_dir in _held:
+            return  # this process again (a retry after OOM)
+        lock = _os_lock(run_dir, timeout=ACQUIRE_WAIT_S)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            other = _read(run_dir)
+            who = f" (pid {other.pid})" if other is not None else ""
+            raise StudioError(f"Run {run_dir.name!r} is being trained right now by another process{who}.",
+                              hint="Wait for it to finish, or stop it from the window or terminal that started it."
+                              ) from None
+        _held[run_dir] = lock
+    me = _me()
+    (run_dir / LOCK_NAME).write_text(json.dumps({"pid": me.pid, "host": me.host, "started": me.started}),
+                                     encoding="utf-8")
 
 
 def release(run_dir: Path | str) -> None:
-    """Remove the lock if this process holds it."""
-    run_dir = Path(run_dir)
-    held = _read(run_dir)
-    if held is not None and held.pid == os.getpid():
+    """Let the run go if this process holds it."""
+    run_dir = _key(run_dir)
+    with _held_guard:
+        lock = _held.pop(run_dir, None)
+        if lock is None:
+            return
         try:
-            (run_dir / LOCK_NAME).unlink()
+            (run_dir / LOCK_NAME).unlink(missing_ok=True)
         except OSError as err:
-            log.warning("Could not remove the run lock %s: %s", run_dir / LOCK_NAME, err)
+            log.warning("Could not remove %s: %s", run_dir / LOCK_NAME, err)
+        lock.release(force=True)

@@ -7,27 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from studio.core import run_lock
 from studio.core.errors import StudioError
-
-
-def lock_for(run_dir: Path, pid: int, started: float | None = None, host: str | None = None) -> None:
-    started = psutil.Process(pid).create_time() if started is None else started
-    (run_dir / run_lock.LOCK_NAME).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(),
-                                                          "started": started}))
-
-
-@pytest.fixture
-def other_process():
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield child
-    child.kill()
-    child.wait()
+from tests.lock_holder import held_by_another_process
 
 
 def test_acquire_and_release_by_this_process(tmp_path: Path) -> None:
@@ -37,26 +24,61 @@ def test_acquire_and_release_by_this_process(tmp_path: Path) -> None:
     run_lock.acquire(tmp_path)  # this process again (a retry after OOM): allowed
     run_lock.release(tmp_path)
     assert not (tmp_path / run_lock.LOCK_NAME).exists() and run_lock.holder(tmp_path) is None
+    run_lock.acquire(tmp_path)  # and it can be taken again
+    run_lock.release(tmp_path)
 
 
-def test_a_live_other_process_holds_the_run_until_it_dies(tmp_path: Path, other_process) -> None:
-    lock_for(tmp_path, other_process.pid)
-    assert run_lock.holder(tmp_path).pid == other_process.pid
-    with pytest.raises(StudioError, match=f"pid {other_process.pid}"):
-        run_lock.acquire(tmp_path)
-    run_lock.release(tmp_path)  # not ours: left alone
+def test_a_live_other_process_holds_the_run_until_it_dies(tmp_path: Path) -> None:
+    with held_by_another_process(tmp_path) as other:
+        assert run_lock.holder(tmp_path).pid == other.pid
+        with pytest.raises(StudioError, match=f"another process \\(pid {other.pid}\\)"):
+            run_lock.acquire(tmp_path)
+        run_lock.release(tmp_path)  # not ours: left alone
+        assert run_lock.holder(tmp_path).pid == other.pid
+    # SIGKILLed: running.json is left behind, but the OS let the lock go with the process
     assert (tmp_path / run_lock.LOCK_NAME).exists()
-    other_process.kill()
-    other_process.wait()
-    assert run_lock.holder(tmp_path) is None  # stale now
+    assert run_lock.holder(tmp_path) is None
     run_lock.acquire(tmp_path)
     assert run_lock.holder(tmp_path).pid == os.getpid()
+    run_lock.release(tmp_path)
 
 
-def test_stale_locks_are_ignored(tmp_path: Path, other_process) -> None:
-    lock_for(tmp_path, other_process.pid, started=1.0)  # the pid was reused by another program
-    assert run_lock.holder(tmp_path) is None
-    lock_for(tmp_path, other_process.pid, host="another-machine")
+def test_leftovers_that_name_no_live_trainer_are_ignored(tmp_path: Path) -> None:
+    # running.json naming this very process (a pid reused by the app) while nobody holds the OS lock
+    (tmp_path / run_lock.LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                            "started": time.time()}))
     assert run_lock.holder(tmp_path) is None
     (tmp_path / run_lock.LOCK_NAME).write_text("{not json")
     assert run_lock.holder(tmp_path) is None
+    with held_by_another_process(tmp_path) as other:
+        data = json.loads((tmp_path / run_lock.LOCK_NAME).read_text())
+        (tmp_path / run_lock.LOCK_NAME).write_text(json.dumps({**data, "host": "another-machine"}))
+        assert run_lock.holder(tmp_path) is None  # another machine's lock (a synced folder): not ours to judge
+        assert other.poll() is None
+
+
+RACE = """
+import sys, time
+from studio.core import run_lock
+from studio.core.errors import StudioError
+start_at = float(sys.argv[2])
+time.sleep(max(0.0, start_at - time.time()))
+try:
+    run_lock.acquire(sys.argv[1])
+    print("won", flush=True)
+    time.sleep(1.5)
+except StudioError:
+    print("refused", flush=True)
+"""
+
+
+def test_processes_racing_for_one_run_get_it_once(tmp_path: Path) -> None:
+    """Resumes started at the same instant from several processes: exactly one trains."""
+    for attempt in range(2):
+        run_dir = tmp_path / f"run{attempt}"
+        run_dir.mkdir()
+        start_at = time.time() + 2.0  # after every interpreter has started
+        racers = [subprocess.Popen([sys.executable, "-c", RACE, str(run_dir), str(start_at)],
+                                   stdout=subprocess.PIPE, text=True) for _ in range(4)]
+        outcomes = sorted(racer.communicate(timeout=60)[0].strip() for racer in racers)
+        assert outcomes == ["refused", "refused", "refused", "won"], outcomes

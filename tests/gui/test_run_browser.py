@@ -13,12 +13,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 from PySide6.QtCore import Qt
 
@@ -27,6 +25,7 @@ from studio.core.paths import DataDir, data_dir
 from studio.core.train_config import TrainConfig
 from studio.gui.charts import smooth
 from studio.gui.run_browser import HIDDEN_DIFF_KEYS
+from tests.lock_holder import held_by_another_process
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_MS = 120_000
@@ -257,10 +256,7 @@ def test_a_run_another_process_is_training_is_not_offered_for_resume(qtbot, home
 
     killed = run_of(home, "killed")
     assert (killed / run_lock.LOCK_NAME).is_file()  # the SIGKILLed trainer could not remove it: stale
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (killed / run_lock.LOCK_NAME).write_text(json.dumps(
-            {"pid": other.pid, "host": socket.gethostname(), "started": psutil.Process(other.pid).create_time()}))
+    with held_by_another_process(killed):
         widget = RunBrowser(home)
         qtbot.addWidget(widget)
         with qtbot.waitSignal(widget.loaded, timeout=10_000):
@@ -269,9 +265,6 @@ def test_a_run_another_process_is_training_is_not_offered_for_resume(qtbot, home
         assert summary.status == "running" and not summary.resumable and widget.interrupted() == []
         with pytest.raises(StudioError, match="another process"):
             run_training(TrainConfig(resume=killed.name), home)
-    finally:
-        other.kill()
-        other.wait()
     with qtbot.waitSignal(widget.loaded, timeout=10_000):
         widget.refresh()
     assert widget.run(killed.name).status == "interrupted"  # its holder is gone: resumable again
