@@ -16,17 +16,13 @@ import psutil
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QRadioButton,
     QScrollArea,
-    QSpinBox,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -36,8 +32,9 @@ from PySide6.QtWidgets import (
 from studio.core.basemodels import DEFAULT_BASE_ID
 from studio.core.estimator import Estimate, EstimateRequest, estimate, format_bytes, verdict
 from studio.core.paths import DataDir
-from studio.core.train_config import DEVICES, PRESET_HELP, PRESETS, SCHEDULES, TrainConfig
+from studio.core.train_config import PRESET_HELP, PRESETS, TrainConfig
 from studio.gui.estimate_panel import VERDICT_COLOURS, DeviceSummary, EstimatePanel
+from studio.gui.wizard_advanced import AdvancedSettings
 from studio.gui.workers import start_job
 
 METHODS = [  # (label, method, quant it implies or None to keep the chosen one)
@@ -46,7 +43,6 @@ METHODS = [  # (label, method, quant it implies or None to keep the chosen one)
     ("DoRA: weight-decomposed LoRA", "dora", None),
     ("rsLoRA: rank-stabilised scaling", "rslora", None),
 ]
-QUANT_LABELS = {"4bit": "4-bit NF4", "8bit": "8-bit", "none": "full precision"}
 # The default base's shape, so the estimate works before the model is converted on first use.
 SMOLLM2_135M_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
@@ -85,17 +81,6 @@ def list_bases(data: DataDir) -> list[tuple[str, str, dict]]:
 
 def _count(n: int) -> str:
     return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
-
-
-def _spin(low: int, high: int, value: int, special: str = "", step: int = 1) -> QSpinBox:
-    box = QSpinBox(minimum=low, maximum=high, value=value, singleStep=step)
-    if special:
-        box.setSpecialValueText(special)
-    return box
-
-
-def _dspin(low: float, high: float, value: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
-    return QDoubleSpinBox(minimum=low, maximum=high, value=value, singleStep=step, decimals=decimals)
 
 
 class SettingsPage(QWizardPage):
@@ -146,8 +131,9 @@ class SettingsPage(QWizardPage):
         self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
         self.advanced_button.toggled.connect(self._toggle_advanced)
-        self.advanced = self._build_advanced()
+        self.advanced = AdvancedSettings()
         self.advanced.setVisible(False)
+        self.advanced.estimate_inputs_changed.connect(self.update_estimate)
 
         left = QWidget()
         form = QFormLayout()
@@ -186,70 +172,6 @@ class SettingsPage(QWizardPage):
         if _device_cache is None:
             start_job(detect_device_summary, on_done=self._device_found, parent=self)
         start_job(lambda emit: list_bases(self.data), on_done=self._bases_found, parent=self)
-
-    # ------------------------------------------------------------ building
-
-    def _build_advanced(self) -> QWidget:
-        self.alpha = _dspin(0.5, 4096, 32, 1, 1)
-        self.alpha_follows = QCheckBox("2 × rank", checked=True)
-        self.alpha_follows.toggled.connect(lambda on: self.alpha.setEnabled(not on))
-        self.alpha.setEnabled(False)
-        self.dropout = _dspin(0, 0.9, 0.05, 0.01)
-        self.learning_rate = _dspin(1e-6, 0.5, 2e-4, 1e-5, 6)
-        self.schedule = QComboBox()
-        self.schedule.addItems(SCHEDULES)
-        self.warmup = _dspin(0, 0.5, 0.03, 0.01)
-        self.epochs = _dspin(0.1, 1000, 3, 0.5, 1)
-        self.max_steps = _spin(0, 10_000_000, 0, "by epochs", 10)
-        self.micro_batch = _spin(1, 512, 2)
-        self.grad_accum = _spin(1, 4096, 4)
-        self.seq_len = _spin(16, 131_072, 1024, step=128)
-        self.val_fraction = _dspin(0, 0.5, 0.1, 0.05)
-        self.eval_every = _spin(0, 10_000_000, 0, "auto (~10 per run)", 10)
-        self.checkpoint_every = _spin(0, 10_000_000, 0, "auto (~5 per run)", 10)
-        self.sample_every = _spin(0, 10_000_000, 0, "never", 10)
-        self.seed = _spin(0, 2**31 - 1, 42)
-        self.targets = QComboBox(editable=True)
-        self.targets.addItems(["all-linear", "attention"])
-        self.targets.setToolTip("'attention' (q/k/v/o), 'all-linear' (+ the MLP), or module names separated "
-                                "by commas, e.g. q_proj,v_proj")
-        self.quant = QComboBox()
-        for key, label in QUANT_LABELS.items():
-            self.quant.addItem(label, key)
-        self.gradient_checkpointing = QCheckBox("Gradient checkpointing (less memory, about 30 % slower)",
-                                                checked=True)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICES)
-
-        widget = QGroupBox()
-        grid = QGridLayout(widget)
-        alpha_row = QHBoxLayout()
-        alpha_row.addWidget(self.alpha)
-        alpha_row.addWidget(self.alpha_follows)
-        fields = (("LoRA alpha:", alpha_row), ("Dropout:", self.dropout), ("Learning rate:", self.learning_rate),
-                  ("Schedule:", self.schedule), ("Warmup share:", self.warmup), ("Epochs:", self.epochs),
-                  ("Max steps:", self.max_steps), ("Micro batch:", self.micro_batch),
-                  ("Grad. accumulation:", self.grad_accum), ("Sequence length:", self.seq_len),
-                  ("Validation share:", self.val_fraction), ("Seed:", self.seed),
-                  ("Evaluate every:", self.eval_every), ("Checkpoint every:", self.checkpoint_every),
-                  ("Sample answers every:", self.sample_every), ("Target layers:", self.targets),
-                  ("Base weights:", self.quant), ("Device:", self.device_combo))
-        half = (len(fields) + 1) // 2  # two columns of label + field keep the page short
-        for index, (label, field) in enumerate(fields):
-            row, column = index % half, 2 * (index // half)
-            grid.addWidget(QLabel(label), row, column)
-            if isinstance(field, QHBoxLayout):
-                grid.addLayout(field, row, column + 1)
-            else:
-                grid.addWidget(field, row, column + 1)
-        grid.addWidget(self.gradient_checkpointing, half, 0, 1, 4)
-        grid.setColumnStretch(1, 1)
-        grid.setColumnStretch(3, 1)
-        for signal in (self.seq_len.valueChanged, self.micro_batch.valueChanged, self.dropout.valueChanged,
-                       self.targets.currentTextChanged, self.quant.currentIndexChanged,
-                       self.gradient_checkpointing.toggled, self.alpha.valueChanged):
-            signal.connect(self.update_estimate)
-        return widget
 
     # ------------------------------------------------------------ base models and device
 
@@ -300,20 +222,20 @@ class SettingsPage(QWizardPage):
     def _method_changed(self) -> None:
         _, quant = self.method_combo.currentData()
         if quant is not None:
-            self.quant.setCurrentIndex(self.quant.findData(quant))
+            self.advanced.quant.setCurrentIndex(self.advanced.quant.findData(quant))
         self.update_estimate()
 
     def apply_preset(self, name: str) -> None:
         values = PRESETS[name]
         self._building = True
-        self.dropout.setValue(values["dropout"])
-        self.learning_rate.setValue(values["learning_rate"])
-        self.epochs.setValue(values["epochs"])
-        self.targets.setCurrentText(values["targets"])
+        self.advanced.dropout.setValue(values["dropout"])
+        self.advanced.learning_rate.setValue(values["learning_rate"])
+        self.advanced.epochs.setValue(values["epochs"])
+        self.advanced.targets.setCurrentText(values["targets"])
         if not self.parent_adapter:
             self.rank_spin.setValue(values["rank"])
-            self.alpha.setValue(values["alpha"])
-            self.alpha_follows.setChecked(values["alpha"] == 2 * values["rank"])
+            self.advanced.alpha.setValue(values["alpha"])
+            self.advanced.alpha_follows.setChecked(values["alpha"] == 2 * values["rank"])
         self._building = False
         self.update_estimate()
 
@@ -332,15 +254,15 @@ class SettingsPage(QWizardPage):
         if manifest.rank:
             self.rank_spin.setValue(manifest.rank)
         if manifest.target_modules:
-            self.targets.setCurrentText(",".join(manifest.target_modules))
+            self.advanced.targets.setCurrentText(",".join(manifest.target_modules))
         if manifest.alpha:
-            self.alpha_follows.setChecked(False)
-            self.alpha.setValue(manifest.alpha)
+            self.advanced.alpha_follows.setChecked(False)
+            self.advanced.alpha.setValue(manifest.alpha)
         if manifest.base_model:
             self._add_base(manifest.base_model, manifest.base_model, self._local_config(manifest.base_model))
             self.base_combo.setCurrentIndex(self.base_combo.findData(manifest.base_model))
-        for widget in (self.rank_slider, self.rank_spin, self.targets, self.alpha, self.alpha_follows,
-                       self.method_combo):
+        for widget in (self.rank_slider, self.rank_spin, self.method_combo, self.advanced.targets,
+                       self.advanced.alpha, self.advanced.alpha_follows):
             widget.setEnabled(False)
 
     def _rank_moved(self, value: int) -> None:
@@ -352,30 +274,23 @@ class SettingsPage(QWizardPage):
             self.rank_slider.blockSignals(True)
             self.rank_slider.setValue(value)
             self.rank_slider.blockSignals(False)
-        if self.alpha_follows.isChecked():
-            self.alpha.setValue(2.0 * value)
+        if self.advanced.alpha_follows.isChecked():
+            self.advanced.alpha.setValue(2.0 * value)
         self.update_estimate()
 
     def _toggle_advanced(self, on: bool) -> None:
         self.advanced.setVisible(on)
         self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
 
-    def target_value(self) -> str | list[str]:
-        text = self.targets.currentText().strip()
-        if text in ("attention", "all-linear"):
-            return text
-        names = [name.strip() for name in text.replace(";", ",").split(",") if name.strip()]
-        return names or "all-linear"
-
     # ------------------------------------------------------------ estimate
 
     def _request(self, config: dict, **overrides) -> EstimateRequest:
         method, _ = self.method_combo.currentData()
-        values = dict(config=config, quant=self.quant.currentData(), rank=self.rank_spin.value(),
-                      alpha=self.alpha.value(), targets=self.target_value(), method=method,
-                      seq_len=self.seq_len.value(), batch_size=self.micro_batch.value(),
-                      gradient_checkpointing=self.gradient_checkpointing.isChecked(),
-                      lora_dropout=self.dropout.value(),
+        values = dict(config=config, quant=self.advanced.quant.currentData(), rank=self.rank_spin.value(),
+                      alpha=self.advanced.alpha.value(), targets=self.advanced.target_value(), method=method,
+                      seq_len=self.advanced.seq_len.value(), batch_size=self.advanced.micro_batch.value(),
+                      gradient_checkpointing=self.advanced.gradient_checkpointing.isChecked(),
+                      lora_dropout=self.advanced.dropout.value(),
                       compute_dtype_bytes=2 if self.device.kind == "cuda" else 4,
                       device="cuda" if self.device.kind == "cuda" else "cpu")
         values.update(overrides)
@@ -418,30 +333,19 @@ class SettingsPage(QWizardPage):
 
     def apply_to(self, config: TrainConfig) -> TrainConfig:
         method, _ = self.method_combo.currentData()
-        return config.replace(
-            base=self.base(), preset=self.preset(), method=method, quant=self.quant.currentData(),
-            targets=self.target_value(), rank=self.rank_spin.value(), alpha=self.alpha.value(),
-            dropout=self.dropout.value(), learning_rate=self.learning_rate.value(),
-            lr_schedule=self.schedule.currentText(), warmup_ratio=self.warmup.value(), epochs=self.epochs.value(),
-            max_steps=self.max_steps.value(), micro_batch_size=self.micro_batch.value(),
-            grad_accum=self.grad_accum.value(), seq_len=self.seq_len.value(), val_fraction=self.val_fraction.value(),
-            eval_every=self.eval_every.value(), checkpoint_every=self.checkpoint_every.value(),
-            sample_every=self.sample_every.value(), seed=self.seed.value(),
-            gradient_checkpointing=self.gradient_checkpointing.isChecked(), device=self.device_combo.currentText(),
+        return self.advanced.apply_to(config).replace(
+            base=self.base(), preset=self.preset(), method=method, rank=self.rank_spin.value(),
             parent_adapter=self.parent_adapter)
 
     def summary(self) -> list[tuple[str, str]]:
         """(what, value) rows for the review page."""
-        steps = f"{self.max_steps.value()} steps" if self.max_steps.value() else f"{self.epochs.value():g} epochs"
         rows = [("Base model", self.base()), ("Method", self.method_combo.currentText()),
-                ("Base weights", self.quant.currentText()), ("Preset", self.preset() or "custom"),
-                ("Rank / alpha", f"{self.rank_spin.value()} / {self.alpha.value():g}"),
-                ("Target layers", self.targets.currentText()), ("Learning rate", f"{self.learning_rate.value():g} "
-                                                                                  f"({self.schedule.currentText()})"),
-                ("Length", steps),
-                ("Batch", f"{self.micro_batch.value()} × {self.grad_accum.value()} accumulation, "
-                          f"{self.seq_len.value()} tokens per row"),
-                ("Device", self.device_combo.currentText())]
+                ("Base weights", self.advanced.quant.currentText()), ("Preset", self.preset() or "custom"),
+                ("Rank / alpha", f"{self.rank_spin.value()} / {self.advanced.alpha.value():g}"),
+                ("Target layers", self.advanced.targets.currentText()),
+                ("Learning rate", f"{self.advanced.learning_rate.value():g} ({self.advanced.schedule.currentText()})"),
+                ("Length", self.advanced.length_text()), ("Batch", self.advanced.batch_text()),
+                ("Device", self.advanced.device_combo.currentText())]
         if self.parent_adapter:
             rows.insert(0, ("Continues", self.parent_adapter))
         if self.last is not None:

@@ -134,7 +134,7 @@ def test_the_estimate_follows_the_rank_dial_instantly(qtbot, make_wizard, data_f
         started = time.perf_counter()
         settings.rank_slider.setValue(rank)  # the signal re-estimates synchronously
         worst = max(worst, (time.perf_counter() - started) * 1000)
-        assert settings.rank_spin.value() == rank and settings.alpha.value() == 2 * rank
+        assert settings.rank_spin.value() == rank and settings.advanced.alpha.value() == 2 * rank
         trainable.append(settings.last.trainable_params)
         peaks.append(settings.last.predicted_peak_bytes)
         assert f"{settings.last.trainable_params:,} parameters" in settings.params_label.text()
@@ -148,9 +148,9 @@ def test_the_estimate_follows_the_rank_dial_instantly(qtbot, make_wizard, data_f
         assert "MiB" in label.text() or "GiB" in label.text()
 
     before = settings.last.predicted_peak_bytes
-    settings.seq_len.setValue(4096)
+    settings.advanced.seq_len.setValue(4096)
     assert settings.last.predicted_peak_bytes > before
-    settings.targets.setCurrentText("attention")
+    settings.advanced.targets.setCurrentText("attention")
     assert settings.last.trainable_params < trainable[-1]
     qtbot.waitUntil(lambda: not wizard.data_page.rendering, timeout=30_000)
 
@@ -161,12 +161,12 @@ def test_the_chosen_settings_come_back_as_a_train_config(qtbot, make_wizard, dat
     wizard.next()
     settings = wizard.settings_page
     settings.preset_buttons["style"].setChecked(True)
-    assert settings.rank_spin.value() == 8 and settings.targets.currentText() == "attention"
+    assert settings.rank_spin.value() == 8 and settings.advanced.targets.currentText() == "attention"
     settings.method_combo.setCurrentIndex(2)  # DoRA keeps the chosen base weights
-    settings.quant.setCurrentIndex(settings.quant.findData("8bit"))
+    settings.advanced.quant.setCurrentIndex(settings.advanced.quant.findData("8bit"))
     settings.advanced_button.click()
-    settings.max_steps.setValue(12)
-    settings.targets.setCurrentText("q_proj, v_proj")
+    settings.advanced.max_steps.setValue(12)
+    settings.advanced.targets.setCurrentText("q_proj, v_proj")
     wizard.next()
     assert wizard.review_page.name_edit.text() == "my-data"
     wizard.review_page.tags_edit.setText(" a, b ,, c")
