@@ -12,21 +12,17 @@ from __future__ import annotations
 
 from PySide6.QtCore import QSignalBlocker, Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -43,6 +39,7 @@ from studio.core.blend_checks import (
 from studio.core.errors import StudioError
 from studio.core.library import AdapterLibrary
 from studio.core.paths import DataDir
+from studio.gui.blend_parents import ParentsTable
 from studio.gui.blend_work import (
     BlendOutcome,
     BlendSpec,
@@ -57,7 +54,6 @@ from studio.gui.error_dialog import show_error
 from studio.gui.workers import start_job
 
 DEFAULT_PROMPT = "What is the capital of France?"
-COLUMNS = ["Adapter", "Weight", "Rank", "Targets", "Made by"]
 OK_STYLE, BAD_STYLE = "color: #1a7f37", "color: #b42318"
 
 
@@ -92,7 +88,6 @@ class BlendPanel(QWidget):
         super().__init__(parent)
         self.data = data
         self.library = AdapterLibrary(data)
-        self.catalog = Catalog()  # the adapter list as last loaded, with each one's blend facts
         self.plan: BlendPlan | None = None
         self.work = BlendWork(self.library, data)
         self._jobs = 0
@@ -101,27 +96,15 @@ class BlendPanel(QWidget):
         self._auto_name = ""
         self.last_error = None  # the last error box, for tests and screenshots
 
-        self.base_combo = QComboBox(currentIndexChanged=self._filter_base)
         refresh_button = QPushButton("Refresh", clicked=self.refresh)
         self.remake_button = QPushButton("Remake from recipe", toolTip="Load the selected blend's recipe "
                                          "(parents, weights, method) to tweak it.",
-                                         clicked=lambda: self.load_recipe(self._current_id() or ""))
-        self.table = QTableWidget(0, len(COLUMNS), editTriggers=QAbstractItemView.EditTrigger.NoEditTriggers,
-                                  selectionBehavior=QAbstractItemView.SelectionBehavior.SelectRows,
-                                  selectionMode=QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.verticalHeader().setVisible(False)
-        header = self.table.horizontalHeader()
-        for col in range(len(COLUMNS)):
-            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Stretch if col == 0
-                                        else QHeaderView.ResizeMode.ResizeToContents)
-        self.table.itemChanged.connect(self._item_changed)
-        self.table.itemSelectionChanged.connect(self._update_remake)
-        tip = _label("Tick two or more adapters. A negative weight subtracts an adapter (task arithmetic).",
-                     "color: gray")
-        left = _layout(QVBoxLayout(), _layout(QHBoxLayout(), QLabel("Base model"), (self.base_combo, 1),
-                                               refresh_button), (self.table, 1), tip,
-                       _layout(QHBoxLayout(), self.remake_button, 1))
+                                         clicked=lambda: self.load_recipe(self.parents.current_id() or ""))
+        self.parents = ParentsTable(refresh_button)
+        self.parents.chosen_changed.connect(self._selection_changed)
+        self.parents.weight_changed.connect(self.update_check)
+        self.parents.current_changed.connect(self._update_remake)
+        left = _layout(QVBoxLayout(), (self.parents, 1), _layout(QHBoxLayout(), self.remake_button, 1))
 
         self.method_combo = QComboBox()
         for method in METHODS:
@@ -179,58 +162,20 @@ class BlendPanel(QWidget):
         self._start(lambda emit: Catalog.load(self.library), self._fill)
 
     def _fill(self, catalog: Catalog) -> None:
-        chosen = {**self.chosen_weights(), **(self._pending or {})}
-        self.catalog = catalog
-        self.table.blockSignals(True)
-        self.table.setRowCount(len(catalog.entries))
-        for row, (adapter_id, entry) in enumerate(catalog.entries.items()):
-            item = QTableWidgetItem(entry.manifest.name)
-            item.setData(Qt.ItemDataRole.UserRole, adapter_id)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Unchecked)
-            spin = QDoubleSpinBox(minimum=-10.0, maximum=10.0, singleStep=0.1, decimals=2, value=1.0)
-            spin.setEnabled(False)
-            spin.valueChanged.connect(self.update_check)
-            self.table.setItem(row, 0, item)
-            self.table.setCellWidget(row, 1, spin)
-            if not isinstance(fact := catalog.facts.get(adapter_id), AdapterFacts):
-                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEnabled)
-                item.setToolTip(str(fact))
-            for col, text in enumerate(catalog.cells(adapter_id), start=2):
-                self.table.setItem(row, col, QTableWidgetItem(text))
-        self.table.blockSignals(False)
-        bases = catalog.bases()
-        current = self.base_combo.currentText()
-        with QSignalBlocker(self.base_combo):
-            self.base_combo.clear()
-            self.base_combo.addItems(bases)
-            self.base_combo.setCurrentText(current if current in bases else bases[0] if bases else "")
+        keep = {**self.chosen_weights(), **(self._pending or {})}
         self._pending = None
         self.status_label.setText(catalog.summary())
-        self._apply_weights(chosen)  # may say which chosen adapters are missing
+        self._say_missing(self.parents.show_catalog(catalog, keep))
         self._update_remake()
         self.refreshed.emit(len(catalog.entries))
 
-    def _rows(self):
-        for row in range(self.table.rowCount()):
-            yield row, self.table.item(row, 0), self.table.cellWidget(row, 1)
+    @property
+    def catalog(self) -> Catalog:
+        return self.parents.catalog
 
-    def _filter_base(self) -> None:
-        base = self.base_combo.currentText()
-        self.table.blockSignals(True)
-        for row, item, spin in self._rows():
-            hide = self.catalog.base_of(item.data(Qt.ItemDataRole.UserRole)) != base
-            self.table.setRowHidden(row, hide)
-            if hide:
-                item.setCheckState(Qt.CheckState.Unchecked)
-                spin.setEnabled(False)
-        self.table.blockSignals(False)
-        self._selection_changed()
-
-    def _item_changed(self, item: QTableWidgetItem) -> None:
-        if item.column() == 0:
-            self.table.cellWidget(item.row(), 1).setEnabled(item.checkState() == Qt.CheckState.Checked)
-            self._selection_changed()
+    def _say_missing(self, missing: list[str]) -> None:
+        if missing:
+            self.status_label.setText("Not in the library: " + ", ".join(missing))
 
     def _selection_changed(self) -> None:
         chosen = self.chosen_facts()
@@ -244,46 +189,20 @@ class BlendPanel(QWidget):
 
     def chosen_weights(self) -> dict[str, float]:
         """The ticked adapters (id -> weight), in table order."""
-        return {item.data(Qt.ItemDataRole.UserRole): spin.value() for row, item, spin in self._rows()
-                if item.checkState() == Qt.CheckState.Checked}
+        return self.parents.chosen_weights()
 
     def chosen_facts(self) -> list[AdapterFacts]:
-        return self.catalog.usable(self.chosen_weights())
+        return self.parents.chosen_facts()
 
     def set_parents(self, weights: dict[str, float]) -> None:
         """Tick these adapters (ids or names) with these weights, untick the others."""
         if not self.catalog.entries and self._jobs:
             self._pending = dict(weights)  # the list is still loading; applied by _fill
             return
-        self._apply_weights(weights)
-
-    def _apply_weights(self, weights: dict[str, float]) -> None:
-        wanted, missing = self.catalog.resolve(weights)
-        found = [ref for ref in wanted if ref in self.catalog.entries]
-        if found:
-            self.base_combo.setCurrentText(self.catalog.base_of(found[0]))
-        self._filter_base()
-        self.table.blockSignals(True)
-        for row, item, spin in self._rows():
-            adapter_id = item.data(Qt.ItemDataRole.UserRole)
-            use = adapter_id in wanted and not self.table.isRowHidden(row)
-            item.setCheckState(Qt.CheckState.Checked if use else Qt.CheckState.Unchecked)
-            spin.setEnabled(use)
-            if use:
-                with QSignalBlocker(spin):
-                    spin.setValue(float(wanted[adapter_id]))
-        self.table.blockSignals(False)
-        self._selection_changed()
-        if missing:
-            self.status_label.setText("Not in the library: " + ", ".join(missing))
-
-    def _current_id(self) -> str | None:
-        row = self.table.currentRow()
-        item = self.table.item(row, 0) if row >= 0 else None
-        return item.data(Qt.ItemDataRole.UserRole) if item else None
+        self._say_missing(self.parents.choose(weights))
 
     def _update_remake(self) -> None:
-        self.remake_button.setEnabled(self.catalog.has_recipe(self._current_id() or ""))
+        self.remake_button.setEnabled(self.catalog.has_recipe(self.parents.current_id() or ""))
 
     def load_recipe(self, adapter_id: str) -> None:
         """Fill the form from a blended adapter's recipe, to remake or tweak it."""

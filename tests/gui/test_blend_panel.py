@@ -43,7 +43,7 @@ def panel(qtbot, studio_home, library):
     widget = BlendPanel(studio_home)
     qtbot.addWidget(widget)
     widget.resize(1000, 640)
-    qtbot.waitUntil(lambda: not widget.busy() and widget.table.rowCount() == 4, timeout=20_000)
+    qtbot.waitUntil(lambda: not widget.busy() and widget.parents.table.rowCount() == 4, timeout=20_000)
     yield widget
     widget.shutdown()
     qtbot.waitUntil(lambda: not widget.busy(), timeout=60_000)
@@ -85,13 +85,13 @@ def test_preview_then_save_records_the_recipe(qtbot, panel, library):
     assert recipe["parents"] == [ids(library)["alpha"], ids(library)["beta"]]
     assert recipe["weights"] == [1.0, -0.5] and recipe["method"] == "exact" and recipe["exact"] is True
     assert entry.manifest.rank == 8
-    assert panel.table.rowCount() == 5
+    assert panel.parents.table.rowCount() == 5
 
     # Remake from recipe: pick the saved blend, load its recipe into a cleared form.
     panel.set_parents({})
     panel.method_combo.setCurrentIndex(panel.method_combo.findData("svd"))
-    row = next(r for r in range(panel.table.rowCount()) if panel.table.item(r, 0).text() == entry.name)
-    panel.table.selectRow(row)
+    row = next(r for r in range(panel.parents.table.rowCount()) if panel.parents.table.item(r, 0).text() == entry.name)
+    panel.parents.table.selectRow(row)
     assert panel.remake_button.isEnabled()
     panel.remake_button.click()
     assert panel.method_combo.currentData() == "exact"
@@ -147,7 +147,7 @@ def test_incompatible_choices_are_refused_with_suggestions(panel):
     panel.set_parents({"alpha": 1.0})
     assert "at least two" in panel.check_label.text()
     panel.set_parents({"alpha": 1.0, "beta": 0.0})
-    panel.table.cellWidget(0, 1).setValue(0.0)
+    panel.parents.table.cellWidget(0, 1).setValue(0.0)
     assert "not all zero" in panel.check_label.text()
 
 
@@ -164,7 +164,7 @@ def test_cancel_stops_the_preview_and_the_panel_stays_usable(qtbot, panel, libra
     panel.preview_button.click()  # still usable: a full preview, then a cancelled re-blend
     qtbot.waitUntil(lambda: not panel.busy(), timeout=60_000)
     assert panel.answer_view.toPlainText() and panel.work.session is not None
-    panel.table.cellWidget(1, 1).setValue(0.25)
+    panel.parents.table.cellWidget(1, 1).setValue(0.25)
     assert panel.answer_view.styleSheet() == "color: gray"  # the answer is from the old recipe
     panel.preview_button.click()
     panel.cancel_button.click()
