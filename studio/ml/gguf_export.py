@@ -13,9 +13,10 @@ weights and to the LoRA B of q/k (the permutation acts on output rows, which liv
 - `write_model_gguf`: a Hugging Face folder as a GGUF model with tokenizer metadata (gguf_llama).
 - `merge_to_gguf`: merge with studio.ml.merge_export (smoke-tested there), then `write_model_gguf`.
 
-Tensors are streamed one at a time (tensor infos first, then data), so a big model never sits in
-memory whole; files are written beside the destination and renamed into place. Every file is read
-back with gguf's reader (every tensor's name and shape, the key metadata) before it is reported done.
+Tensors are streamed one at a time (tensor infos first, then data; studio.ml.gguf_file), so a big
+model never sits in memory whole; files are written beside the destination and renamed into place.
+Every file is read back with gguf's reader (every tensor's name and shape, the key metadata) before
+it is reported done.
 Cannot run llama.cpp itself. Knows nothing about the library or Qt.
 """
 
@@ -24,15 +25,21 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from studio.core.errors import StudioError
+from studio.ml.gguf_file import (
+    PlannedTensor,
+    file_type,
+    ggml_type,
+    verify_planned,
+    write_planned,
+)
 from studio.ml.gguf_llama import (
     add_bpe_vocab,
     add_llama_hparams,
@@ -52,8 +59,6 @@ from studio.ml.merge_export import (
 
 log = logging.getLogger(__name__)
 
-GGUF_DTYPES = ("f32", "f16", "bf16")
-_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 _ADAPTER_PREFIX = "base_model.model."
 
 
@@ -89,114 +94,6 @@ def gguf_name(name_map, hf_name: str) -> str:
         raise StudioError(f"No GGUF name for the tensor {hf_name!r}.",
                           hint="This model has tensors llama.cpp's llama architecture does not know.")
     return mapped
-
-
-def _qtype(dtype: str):
-    import gguf
-
-    if dtype not in GGUF_DTYPES:
-        raise StudioError(f"Unknown GGUF type {dtype!r}.", hint=f"Use one of: {', '.join(GGUF_DTYPES)}.")
-    return {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-            "bf16": gguf.GGMLQuantizationType.BF16}[dtype]
-
-
-def file_type(dtype: str) -> int:
-    import gguf
-
-    return int({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                "bf16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
-
-
-def encode(array, dtype: str):
-    """float32 numpy array -> the bytes-ready array gguf writes for `dtype` (norms stay f32)."""
-    import gguf
-    import numpy as np
-
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if array.ndim <= 1 or dtype == "f32":  # llama.cpp wants 1-D tensors (norms) in f32
-        return array
-    return gguf.quants.quantize(array, _qtype(dtype))
-
-
-@dataclass
-class _Planned:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # what it will be stored as
-    make: Callable[[], Any]  # -> float32 numpy array, called once while writing
-
-
-def _write(writer, planned: list[_Planned], dest: Path, step: _Steps, start: float, end: float) -> None:
-    """Tensor infos first, then each tensor's data in order; into a temp file renamed over `dest`."""
-    import numpy as np
-
-    for p in planned:
-        n = int(np.prod(p.shape))
-        kind = "f32" if len(p.shape) <= 1 else p.dtype
-        if kind == "bf16":
-            byte_shape = (*p.shape[:-1], p.shape[-1] * 2)
-            writer.add_tensor_info(p.name, byte_shape, np.dtype(np.uint8), n * 2, raw_dtype=_qtype("bf16"))
-        else:
-            writer.add_tensor_info(p.name, p.shape, np.dtype(np.float32 if kind == "f32" else np.float16),
-                                   n * _BYTES[kind])
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        writer.write_header_to_file(path=Path(tmp))
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for i, p in enumerate(planned):
-            if i % 16 == 0:
-                step("write", start + (end - start) * i / max(1, len(planned)),
-                     f"Writing tensor {i + 1}/{len(planned)} ({p.name})…")
-            data = encode(p.make(), p.dtype)
-            if tuple(data.shape[:-1]) != p.shape[:-1]:
-                raise StudioError(f"Tensor {p.name} came out as {data.shape}, not {p.shape}.")
-            writer.write_tensor_data(data)
-        writer.close()
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        writer.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-# ---------------------------------------------------------------- reading back
-
-
-def read_gguf(path: Path | str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metadata key -> value, tensor name -> float32 numpy array in HF-style (rows, cols) shape)."""
-    import gguf
-    import numpy as np
-
-    reader = gguf.GGUFReader(str(path))
-    meta = {}
-    for key, fld in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        with contextlib.suppress(Exception):
-            meta[key] = fld.contents()
-    tensors = {}
-    for t in reader.tensors:
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # gguf lists dims innermost first
-        data = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
-        tensors[t.name] = np.asarray(data, dtype=np.float32).reshape(shape)
-    return meta, tensors
-
-
-def _verify(path: Path, planned: list[_Planned], expected_meta: dict[str, Any]) -> None:
-    """Every planned tensor is in the file with its shape, and the key metadata reads back."""
-    meta, tensors = read_gguf(path)
-    for key, value in expected_meta.items():
-        if meta.get(key) != value:
-            raise StudioError(f"The GGUF file reads back {key} = {meta.get(key)!r}, not {value!r}.")
-    missing = [p.name for p in planned if p.name not in tensors or tensors[p.name].shape != tuple(p.shape)]
-    if missing or len(tensors) != len(planned):
-        raise StudioError(f"The GGUF file does not read back as written (tensors wrong or missing: "
-                          f"{', '.join(missing[:5]) or len(tensors)}).")
 
 
 # ---------------------------------------------------------------- adapter
@@ -251,7 +148,7 @@ def write_lora_gguf(adapter_folder: Path | str, base_folder: Path | str, dest: P
     adapter_folder, base_folder, dest = Path(adapter_folder), Path(base_folder), Path(dest)
     step = _Steps(progress, should_stop)
     step("check", 0.0, "Reading the adapter and its base's config…")
-    _qtype(dtype)
+    ggml_type(dtype)
     if dest.exists():
         raise StudioError(f"{dest} already exists.", hint="Choose a new file name for the GGUF adapter.")
     config = read_llama_config(base_folder)
@@ -262,7 +159,7 @@ def write_lora_gguf(adapter_folder: Path | str, base_folder: Path | str, dest: P
     # llama.cpp scales every module by alpha_out / (its rank); pick alpha_out exact for the common rank.
     alpha_out = alpha * rank ** 0.5 if rslora else alpha
     names = _name_map(config)
-    planned: list[_Planned] = []
+    planned: list[PlannedTensor] = []
     for hf_name in sorted(pairs, key=_layer_order):
         a, b = pairs[hf_name]["A"], pairs[hf_name]["B"]
         r = a.shape[0]
@@ -275,8 +172,8 @@ def write_lora_gguf(adapter_folder: Path | str, base_folder: Path | str, dest: P
             out = b.numpy() * factor
             return permute_rows(out, heads) if heads else out
 
-        planned.append(_Planned(target + ".lora_a", tuple(a.shape), dtype, lambda a=a: a.numpy()))
-        planned.append(_Planned(target + ".lora_b", tuple(b.shape), dtype, make_b))
+        planned.append(PlannedTensor(target + ".lora_a", tuple(a.shape), dtype, lambda a=a: a.numpy()))
+        planned.append(PlannedTensor(target + ".lora_b", tuple(b.shape), dtype, make_b))
     dest.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     writer.add_type(gguf.GGUFType.ADAPTER)
@@ -285,10 +182,10 @@ def write_lora_gguf(adapter_folder: Path | str, base_folder: Path | str, dest: P
     writer.add_name(name or adapter_folder.name)
     writer.add_file_type(file_type(dtype))
     step("write", 0.1, f"Writing {len(pairs)} LoRA pairs as {dtype}…")
-    _write(writer, planned, dest, step, 0.1, 0.85)
+    write_planned(writer, planned, dest, step, 0.1, 0.85)
     step("verify", 0.9, "Reading the GGUF file back…")
     expected = {"general.architecture": "llama", "general.type": "adapter", "adapter.type": "lora"}
-    _verify(dest, planned, expected)
+    verify_planned(dest, planned, expected)
     step("done", 1.0, f"GGUF LoRA written to {dest}")
     return GGUFExport(path=dest, kind="adapter", dtype=dtype, tensors=len(planned), size_bytes=dest.stat().st_size,
                       seconds=time.monotonic() - started,
@@ -330,7 +227,7 @@ def write_model_gguf(model_folder: Path | str, dest: Path | str, dtype: str = "f
     folder, dest = Path(model_folder), Path(dest)
     step = _Steps(progress, should_stop)
     step("check", 0.0, "Reading the model's config and tokenizer…")
-    _qtype(dtype)
+    ggml_type(dtype)
     if dest.exists():
         raise StudioError(f"{dest} already exists.", hint="Choose a new file name for the GGUF model.")
     config = read_llama_config(folder)
@@ -343,7 +240,7 @@ def write_model_gguf(model_folder: Path | str, dest: Path | str, dtype: str = "f
     warnings = add_bpe_vocab(writer, folder, int(config["vocab_size"]), pre_tokenizer)
     names = _name_map(config)
     with _safetensors(folder) as handles:
-        planned: list[_Planned] = []
+        planned: list[PlannedTensor] = []
         for hf_name in sorted(handles, key=_layer_order):
             if hf_name.endswith("rotary_emb.inv_freq") or (hf_name == "lm_head.weight"
                                                          and config.get("tie_word_embeddings")):
@@ -355,15 +252,15 @@ def write_model_gguf(model_folder: Path | str, dest: Path | str, dtype: str = "f
                 return permute_rows(data, heads) if heads else data
 
             shape = tuple(handles[hf_name].get_slice(hf_name).get_shape())
-            planned.append(_Planned(gguf_name(names, hf_name), shape, dtype, make))
+            planned.append(PlannedTensor(gguf_name(names, hf_name), shape, dtype, make))
         factors = llama3_rope_factors(config)
         if factors is not None:
-            planned.append(_Planned(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS], tuple(factors.shape), "f32",
+            planned.append(PlannedTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS], tuple(factors.shape), "f32",
                                     lambda: factors))
         step("write", 0.05, f"Writing {len(planned)} tensors as {dtype}…")
-        _write(writer, planned, dest, step, 0.05, 0.85)
+        write_planned(writer, planned, dest, step, 0.05, 0.85)
     step("verify", 0.9, "Reading the GGUF file back…")
-    _verify(dest, planned, {"general.architecture": "llama", "general.type": "model",
+    verify_planned(dest, planned, {"general.architecture": "llama", "general.type": "model",
                             "llama.block_count": int(config["num_hidden_layers"])})
     step("done", 1.0, f"GGUF model written to {dest}")
     return GGUFExport(path=dest, kind="model", dtype=dtype, tensors=len(planned), size_bytes=dest.stat().st_size,
@@ -376,7 +273,7 @@ def merge_to_gguf(base_folder: Path | str, adapter_folder: Path | str, dest: Pat
                   **merge_kwargs: Any) -> GGUFExport:
     """Merge the adapter into its base (smoke-tested Hugging Face model), then write that as GGUF."""
     base_folder, dest = Path(base_folder), Path(dest)
-    _qtype(dtype)
+    ggml_type(dtype)
     read_llama_config(base_folder)  # refuse other architectures before the slow merge
     if dest.exists():
         raise StudioError(f"{dest} already exists.", hint="Choose a new file name for the GGUF model.")

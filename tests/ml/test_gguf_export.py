@@ -47,7 +47,8 @@ def test_permutation_is_llama_cpps_and_inverts():
 
 
 def test_lora_gguf_reads_back_as_the_adapter(tiny_base_dir, adapter, tmp_path):
-    from studio.ml.gguf_export import read_gguf, write_lora_gguf
+    from studio.ml.gguf_export import write_lora_gguf
+    from studio.ml.gguf_file import read_gguf
     from studio.ml.gguf_llama import unpermute_rows
 
     events = []
@@ -77,7 +78,8 @@ def test_lora_gguf_reads_back_as_the_adapter(tiny_base_dir, adapter, tmp_path):
 
 
 def test_rslora_alpha_is_written_so_llama_cpp_scales_the_same(tiny_base_dir, adapter, tmp_path):
-    from studio.ml.gguf_export import read_gguf, write_lora_gguf
+    from studio.ml.gguf_export import write_lora_gguf
+    from studio.ml.gguf_file import read_gguf
 
     rs = tmp_path / "rs"
     shutil.copytree(adapter, rs)
@@ -94,7 +96,8 @@ def test_model_gguf_has_the_weights_and_the_tokenizer(tiny_base_dir, tmp_path):
     from safetensors.numpy import load_file
     from transformers import AutoTokenizer
 
-    from studio.ml.gguf_export import read_gguf, write_model_gguf
+    from studio.ml.gguf_export import write_model_gguf
+    from studio.ml.gguf_file import read_gguf
     from studio.ml.gguf_llama import unpermute_rows
 
     result = write_model_gguf(tiny_base_dir, tmp_path / "tiny.gguf", "f32")
@@ -154,7 +157,8 @@ def test_merged_model_gguf_holds_the_merged_weights(tiny_base_dir, adapter, tmp_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from studio.ml.gguf_export import merge_to_gguf, read_gguf
+    from studio.ml.gguf_export import merge_to_gguf
+    from studio.ml.gguf_file import read_gguf
     from studio.ml.gguf_llama import unpermute_rows
 
     events = []
@@ -239,7 +243,8 @@ def test_default_model_gguf_equals_the_one_llama_cpp_wrote(default_base_dir, tmp
     import gguf
 
     from studio.ml.default_model import find_gguf
-    from studio.ml.gguf_export import read_gguf, write_model_gguf
+    from studio.ml.gguf_export import write_model_gguf
+    from studio.ml.gguf_file import read_gguf
 
     result = write_model_gguf(default_base_dir, tmp_path / "smollm2.gguf", "f32")
     assert not result.warnings  # the pre-tokenizer is recognised
