@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from studio.core.errors import StudioError
-from studio.ml.merge_export import _Steps
 
 GGUF_DTYPES = ("f32", "f16", "bf16")
 _BYTES = {"f32": 4, "f16": 2, "bf16": 2}
@@ -59,7 +58,7 @@ class PlannedTensor:
     make: Callable[[], Any]  # -> float32 numpy array, called once while writing
 
 
-def write_planned(writer, planned: list[PlannedTensor], dest: Path, step: _Steps, start: float, end: float) -> None:
+def write_planned(writer, planned: list[PlannedTensor], dest: Path, step: Callable[[str, float, str], None], start: float, end: float) -> None:
     """Tensor infos first, then each tensor's data in order; into a temp file renamed over `dest`."""
     import numpy as np
 
