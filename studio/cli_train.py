@@ -37,18 +37,20 @@ def cmd_scan(args: argparse.Namespace, data: DataDir) -> Output:
 
 @verb("estimate", "predict trainable parameters, adapter size and peak GPU memory")
 def cmd_estimate(args: argparse.Namespace, data: DataDir) -> Output:
-    from studio.core.basemodels import read_config, resolve_base_model
+    from studio.core.basemodels import base_config
     from studio.core.estimator import EstimateRequest, estimate, format_bytes, verdict
-
-    config = read_config(resolve_base_model(data, args.base).path)
-    targets = args.targets if args.targets in ("attention", "all-linear") else args.targets.split(",")
     from studio.ml.hardware import detect_device
 
+    config = base_config(data, args.base)  # the config alone: nothing is loaded or converted
+    targets = args.targets if args.targets in ("attention", "all-linear") else args.targets.split(",")
     device = detect_device(probe_bnb=False)
-    result = estimate(EstimateRequest(config=config, quant=args.quant, rank=args.rank, alpha=2.0 * args.rank,
-                                      targets=targets, seq_len=args.seq_len, batch_size=args.batch_size,
-                                      device="cuda" if device.kind == "cuda" else "cpu"))
-    total = device.total_memory_bytes if device.kind == "cuda" else None
+    on_gpu = device.kind == "cuda"
+    result = estimate(EstimateRequest(
+        config=config, quant=args.quant, rank=args.rank, alpha=args.alpha or 2.0 * args.rank, targets=targets,
+        method=args.method, seq_len=args.seq_len, batch_size=args.batch_size,
+        gradient_checkpointing=not args.no_gradient_checkpointing, compute_dtype_bytes=2 if on_gpu else 4,
+        device="cuda" if on_gpu else "cpu"))
+    total = device.total_memory_bytes if on_gpu else None
     body = result.to_dict()
     body["device"] = device.name
     body["verdict"] = verdict(result, total) if total else "no GPU: runs on the CPU"
@@ -79,10 +81,14 @@ def _parsers(sub, add) -> None:
     p = add("estimate")
     p.add_argument("--base")
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float, help="LoRA alpha (default: 2 x rank)")
+    p.add_argument("--method", choices=["lora", "dora", "rslora"], default="lora")
     p.add_argument("--targets", default="all-linear", help="attention | all-linear | q_proj,v_proj,...")
     p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="micro batch")
     p.add_argument("--quant", choices=["4bit", "8bit", "none"], default="4bit")
+    p.add_argument("--no-gradient-checkpointing", action="store_true",
+                   help="estimate without gradient checkpointing (more memory, faster)")
     from studio.ml.train_cli import add_train_arguments
 
     add_train_arguments(add("train"))

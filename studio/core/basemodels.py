@@ -26,6 +26,13 @@ SHAPE_KEYS = (
     "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings",
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+# The default base's shape (SHAPE_KEYS), so estimates work before it is converted on first use;
+# a test checks it against the converted model.
+DEFAULT_BASE_SHAPE = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
+    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+    "vocab_size": 49152, "tie_word_embeddings": True,
+}
 
 
 @dataclass
@@ -213,6 +220,16 @@ def resolve_base_model(data: DataDir, name_or_path: str | None) -> BaseModelInfo
             return info
     raise StudioError(f"No base model called {name_or_path!r} was found.",
                       hint="Run `lora-studio models` to list those available, or give a model folder.")
+
+
+def base_config(data: DataDir, name_or_path: str | None) -> dict:
+    """A base model's config.json; for the default base before its first use, its known shape."""
+    try:
+        return read_config(resolve_base_model(data, name_or_path).path)
+    except StudioError:
+        if (name_or_path or DEFAULT_BASE_ID) == DEFAULT_BASE_ID:
+            return dict(DEFAULT_BASE_SHAPE)
+        raise
 
 
 def download_base_model(repo_id: str, data: DataDir,

@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from studio.core.basemodels import DEFAULT_BASE_ID
+from studio.core.basemodels import DEFAULT_BASE_ID, DEFAULT_BASE_SHAPE
 from studio.core.estimator import Estimate, EstimateRequest, estimate, format_bytes, verdict
 from studio.core.paths import DataDir
 from studio.core.train_config import PRESET_HELP, PRESETS, TrainConfig
@@ -43,12 +43,6 @@ METHODS = [  # (label, method, quant it implies or None to keep the chosen one)
     ("DoRA: weight-decomposed LoRA", "dora", None),
     ("rsLoRA: rank-stabilised scaling", "rslora", None),
 ]
-# The default base's shape, so the estimate works before the model is converted on first use.
-SMOLLM2_135M_CONFIG = {
-    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
-    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
-    "vocab_size": 49152, "tie_word_embeddings": True,
-}
 
 
 _device_cache: DeviceSummary | None = None
@@ -190,7 +184,7 @@ class SettingsPage(QWizardPage):
                     return read_config(folder)
                 except Exception:
                     return None
-        return SMOLLM2_135M_CONFIG if ref == DEFAULT_BASE_ID else None
+        return dict(DEFAULT_BASE_SHAPE) if ref == DEFAULT_BASE_ID else None
 
     def _bases_found(self, bases: list[tuple[str, str, dict]]) -> None:
         current = self.base()

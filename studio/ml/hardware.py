@@ -271,15 +271,14 @@ def format_doctor(report: dict) -> str:
     """The doctor report as the lines a person reads in a terminal."""
     dev = report["device"]
     lines = [f"Device: {dev['kind']} — {dev['name']}"]
-    if dev["kind"] == "cpu":
-        lines.append(f"Memory: {format_bytes(dev['ram_available_bytes'])} RAM available of "
-                     f"{format_bytes(dev['ram_total_bytes'])}, {dev['cpu_count']} cores")
-    else:
-        lines.append(f"Memory: {format_bytes(dev['free_memory_bytes'])} free of "
+    if dev["kind"] != "cpu":
+        lines.append(f"GPU memory: {format_bytes(dev['free_memory_bytes'])} free of "
                      f"{format_bytes(dev['total_memory_bytes'])}")
         if dev["compute_capability"]:
             major, minor = dev["compute_capability"]
             lines.append(f"Compute capability: {major}.{minor}, CUDA {dev['cuda_version']}")
+    lines.append(f"CPU and RAM: {dev['cpu_count']} cores, {format_bytes(dev['ram_available_bytes'])} RAM available "
+                 f"of {format_bytes(dev['ram_total_bytes'])}")
     lines.append(f"bf16: {'yes' if dev['bf16_supported'] else 'no'}")
     lines.append("bitsandbytes 4-bit: " + ("works" if dev["bnb_4bit_works"] else f"no ({dev['bnb_reason']})"))
     for row in report.get("ladder", []):

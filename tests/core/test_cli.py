@@ -64,3 +64,27 @@ def test_console_script_runs_with_home_from_env(studio_home):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"adapters": [], "problems": []}
+
+
+def test_estimate_scan_and_doctor_on_a_fresh_data_directory(capsys, studio_home):
+    """Nothing converted yet: estimate works from the default base's known shape, without loading it."""
+    from studio.core.paths import RESOURCES_DIR
+
+    lora = _json(capsys, ["estimate", "--rank", "8", "--seq-len", "512"])
+    assert lora["trainable_params"] > 0 and lora["predicted_peak_bytes"] > 0 and lora["verdict"]
+    dora = _json(capsys, ["estimate", "--rank", "8", "--seq-len", "512", "--method", "dora"])
+    assert dora["trainable_params"] > lora["trainable_params"]  # plus the magnitude vectors
+    no_checkpointing = _json(capsys, ["estimate", "--rank", "8", "--seq-len", "512", "--no-gradient-checkpointing"])
+    assert no_checkpointing["predicted_peak_bytes"] > lora["predicted_peak_bytes"]
+    assert not any(studio_home.models.iterdir()) if studio_home.models.exists() else True  # nothing converted
+
+    code = run(["estimate", "--base", "no-such-model"])
+    assert code == 1 and "no-such-model" in capsys.readouterr().err
+
+    scanned = _json(capsys, ["scan", str(RESOURCES_DIR / "sample_dataset"), "--no-tokenizer"])
+    assert scanned["totals"]["samples"] > 0 and scanned["totals"]["files_used"] == 3
+
+    doctor = _json(capsys, ["doctor"])
+    device = doctor["device"]
+    assert device["cpu_count"] > 0 and device["ram_total_bytes"] > 0 and device["torch_version"]
+    assert doctor["summary"] and doctor["versions"]["torch"] == device["torch_version"]

@@ -29,6 +29,17 @@ def test_conversion_is_complete_and_done_once(default_base_dir: Path):
     assert weights.stat().st_mtime_ns == before
 
 
+def test_the_known_default_shape_matches_the_converted_model(default_base_dir: Path):
+    """Estimates before the first conversion use DEFAULT_BASE_SHAPE: it must be the real model's."""
+    from studio.core.basemodels import DEFAULT_BASE_SHAPE, SHAPE_KEYS, base_config, read_config
+    from studio.core.paths import DataDir
+
+    config = read_config(default_base_dir)
+    assert set(DEFAULT_BASE_SHAPE) == set(SHAPE_KEYS)
+    assert {key: config.get(key) for key in SHAPE_KEYS} == DEFAULT_BASE_SHAPE
+    assert base_config(DataDir(default_base_dir.parents[1]), None) == config  # once converted, the real one
+
+
 def test_default_model_answers_a_question(default_base_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
