@@ -1,4 +1,4 @@
-"""Render resources/icons/lora-studio.svg to the PNG, ICO and ICNS files the launchers use.
+"""Render studio/resources/icons/lora-studio.svg to the PNG, ICO and ICNS files the launchers use.
 
 Run once after changing the SVG: `python scripts/render_icons.py` (needs PySide6, no display).
 """
@@ -14,7 +14,7 @@ from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QGuiApplication, QImage, QPainter  # noqa: E402
 from PySide6.QtSvg import QSvgRenderer  # noqa: E402
 
-ICONS = Path(__file__).resolve().parents[1] / "resources" / "icons"
+ICONS = Path(__file__).resolve().parents[1] / "studio" / "resources" / "icons"
 
 
 def render(size: int) -> QImage:

@@ -1,4 +1,4 @@
-"""The first-run demo ("Try it"): a short training run on the sample dataset shipped in resources/.
+"""The first-run demo ("Try it"): a short training run on the sample dataset shipped in studio/resources/.
 
 Only builds the TrainConfig; the GUI (welcome page) and anyone else run it with the normal engine.
 The settings are the ones the end-to-end test proved learn the sample facts in about 60 steps on

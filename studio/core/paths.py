@@ -11,7 +11,7 @@ from pathlib import Path
 
 HOME_ENV = "LORA_STUDIO_HOME"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-RESOURCES_DIR = REPO_ROOT / "resources"
+RESOURCES_DIR = Path(__file__).resolve().parents[1] / "resources"  # inside the package: wheels carry it
 
 
 @dataclass(frozen=True)

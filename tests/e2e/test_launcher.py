@@ -56,6 +56,6 @@ def test_desktop_entry_points_at_the_launcher_and_icon(tmp_path: Path):
     assert written == [tmp_path / "share" / "applications" / "lora-studio.desktop"]
     text = written[0].read_text()
     assert f"Exec={REPO_ROOT}/packaging/linux/lora-studio.sh" in text
-    assert f"Icon={REPO_ROOT}/resources/icons/lora-studio.png" in text
-    assert (REPO_ROOT / "resources" / "icons" / "lora-studio.png").is_file()
+    assert f"Icon={REPO_ROOT}/studio/resources/icons/lora-studio.png" in text
+    assert (REPO_ROOT / "studio" / "resources" / "icons" / "lora-studio.png").is_file()
     assert os.access(written[0], os.X_OK)
