@@ -28,6 +28,7 @@ class Output:
 
     data: dict[str, Any]
     text: str
+    exit_code: int = 0  # e.g. 130 for a training run the user stopped (the shell's code for Ctrl-C)
 
 
 Verb = Callable[[argparse.Namespace, DataDir], Output]
@@ -275,7 +276,7 @@ def run(argv: list[str]) -> int:
         print(json.dumps(out.data, ensure_ascii=False, default=str))
     else:
         print(out.text)
-    return 0
+    return out.exit_code
 
 
 def _load_verb_modules() -> None:

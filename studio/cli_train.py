@@ -56,7 +56,7 @@ def cmd_estimate(args: argparse.Namespace, data: DataDir) -> Output:
     body["verdict"] = verdict(result, total) if total else "no GPU: runs on the CPU"
     text = (f"trainable parameters: {result.trainable_params:,} ({result.trainable_percent:.3f}%)\n"
             f"adapter file: {format_bytes(result.adapter_file_bytes)}\n"
-            f"predicted peak GPU memory: {format_bytes(result.predicted_peak_bytes)}\n"
+            f"predicted peak memory: {format_bytes(result.predicted_peak_bytes)}\n"
             + "".join(f"  {k}: {format_bytes(v)}\n" for k, v in result.memory.items())
             + f"device: {device.name} -> {body['verdict']}")
     return Output(body, text)
@@ -64,12 +64,12 @@ def cmd_estimate(args: argparse.Namespace, data: DataDir) -> Output:
 
 @verb("train", "train an adapter from a folder (QLoRA by default)")
 def cmd_train(args: argparse.Namespace, data: DataDir) -> Output:
-    from studio.ml.train_cli import run_from_args
+    from studio.ml.train_cli import STOPPED_EXIT_CODE, run_from_args
 
     result = run_from_args(args, data)
     if result.status == "failed":
         raise StudioError(result.message, hint=result.hint or "")
-    return Output(result.to_dict(), result.message)
+    return Output(result.to_dict(), result.message, exit_code=STOPPED_EXIT_CODE if result.status == "stopped" else 0)
 
 
 def _parsers(sub, add) -> None:

@@ -36,6 +36,8 @@ from studio.core.events import (
 from studio.core.paths import DataDir, data_dir
 from studio.core.train_config import METHODS, PRESETS, QUANTS, SCHEDULES, TrainConfig
 
+STOPPED_EXIT_CODE = 130  # the shell's code for Ctrl-C: a stopped run is not a success a script can build on
+
 # option name -> TrainConfig field, for the options that map one to one
 _FIELDS = {
     "name": "adapter_name", "base": "base", "method": "method", "quant": "quant", "rank": "rank", "alpha": "alpha",
@@ -180,7 +182,9 @@ def train_cli_main(args: argparse.Namespace, data: DataDir | None = None) -> int
     except StudioError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return {"finished": 0, "stopped": 130}.get(result.status, 1)
+    if getattr(args, "json", False):
+        print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)  # the last line: the result
+    return {"finished": 0, "stopped": STOPPED_EXIT_CODE}.get(result.status, 1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,8 @@ class RunResult:
     final_loss: float | None = None
     eval_loss: float | None = None
     tokens_seen: int = 0
+    tokens_per_second: float = 0.0  # training throughput over the run's steps in this process
+    peak_memory_bytes: int = 0  # the device's peak (GPU memory, or RAM on a CPU run)
     duration_s: float = 0.0
     message: str = ""
     hint: str = ""
@@ -201,9 +203,12 @@ class _Run:
         return self._result("failed", checkpoint=last, message=message, hint=hint)
 
     def _result(self, status: str, **extra: Any) -> RunResult:
-        return RunResult(status=status, run_id=self.run_id, run_dir=self.run_dir, step=self.tracker.step,
-                         max_steps=self.max_steps, final_loss=self.tracker.last_loss,
-                         duration_s=round(time.monotonic() - self.started, 2), **extra)
+        tracker = self.tracker
+        speed = tracker.tokens_trained / tracker.train_seconds if tracker.train_seconds > 0 else 0.0
+        fields: dict[str, Any] = dict(step=tracker.step, max_steps=self.max_steps, final_loss=tracker.last_loss,
+                                      tokens_per_second=round(speed, 2), peak_memory_bytes=tracker.peak_memory,
+                                      duration_s=round(time.monotonic() - self.started, 2))
+        return RunResult(status=status, run_id=self.run_id, run_dir=self.run_dir, **{**fields, **extra})
 
     # ------------------------------------------------------------ data and base (once per run)
 
@@ -304,7 +309,8 @@ class _Run:
             self.emit(finished)
             return self._result("finished", adapter_id=entry.id, adapter_path=entry.path,
                                 checkpoint=checkpoints.last_complete(self.run_dir), eval_loss=finished.eval_loss,
-                                tokens_seen=tokens_seen, message=f"Adapter {entry.manifest.name!r} is in the library.")
+                                tokens_seen=tokens_seen, tokens_per_second=finished.tokens_per_second,
+                                peak_memory_bytes=finished.peak_memory, message=f"Adapter {entry.manifest.name!r} is in the library.")
         finally:
             if trainer is not None:
                 trainer.callback_handler.callbacks.clear()

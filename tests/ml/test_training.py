@@ -390,8 +390,12 @@ def test_cli_entry_point_streams_json_events(math_folder, tiny_base_dir, studio_
                  "--grad-accum", "1", "--device", "cpu", "--name", "from cli", "--targets", "q_proj,v_proj"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
-    streamed = [ev.event_from_dict(json.loads(line)) for line in lines]  # every stdout line is one event
+    streamed = [ev.event_from_dict(json.loads(line)) for line in lines[:-1]]  # one event a line,
     assert isinstance(streamed[0], ev.RunStarted) and isinstance(streamed[-1], ev.Finished)
+    result = json.loads(lines[-1])  # then the result object
+    assert result["status"] == "finished" and result["step"] == 3 and result["adapter_id"] == streamed[-1].adapter_id
+    assert result["tokens_per_second"] == streamed[-1].tokens_per_second > 0
+    assert result["peak_memory_bytes"] == streamed[-1].peak_memory > 0
     entry = AdapterLibrary(studio_home).get("from cli")
     assert entry.manifest.target_modules == ["q_proj", "v_proj"] and entry.manifest.rank == 4
     assert json.loads((entry.path / "adapter_config.json").read_text())["base_model_name_or_path"] == \
