@@ -1,4 +1,4 @@
-"""CLI verbs for training data and runs: `scan`, `estimate`, `train`. Thin wrappers over core/ml."""
+"""CLI verbs for training data and runs: `scan`, `estimate`, `train`, `runs`, `save-checkpoint`. Thin wrappers."""
 
 from __future__ import annotations
 
@@ -72,6 +72,30 @@ def cmd_train(args: argparse.Namespace, data: DataDir) -> Output:
     return Output(result.to_dict(), result.message, exit_code=STOPPED_EXIT_CODE if result.status == "stopped" else 0)
 
 
+@verb("runs", "list the training runs: status, steps, losses and the checkpoints each one kept")
+def cmd_runs(args: argparse.Namespace, data: DataDir) -> Output:
+    from studio.core.runs import list_runs
+    from studio.ml.checkpoint_adapter import kept_steps
+
+    rows = []
+    for run in list_runs(data):
+        rows.append({"run_id": run.run_id, "name": run.name, "status": run.status, "step": run.step,
+                     "max_steps": run.max_steps, "final_loss": run.final_loss, "best_eval_loss": run.best_eval,
+                     "adapter_id": run.adapter_id, "checkpoints": kept_steps(run.folder), "message": run.message})
+    lines = [f"{r['run_id']}  {r['status']:<11} step {r['step']}/{r['max_steps']}  "
+             f"checkpoints at {', '.join(map(str, r['checkpoints'])) or 'none'}" for r in rows]
+    return Output({"runs": rows}, "\n".join(lines) or "No training runs yet.")
+
+
+@verb("save-checkpoint", "add one of a run's kept checkpoints to the library as a new adapter")
+def cmd_save_checkpoint(args: argparse.Namespace, data: DataDir) -> Output:
+    from studio.ml.checkpoint_adapter import save_checkpoint_as_adapter
+
+    entry = save_checkpoint_as_adapter(data, args.run_id, args.step, name=args.name or "")
+    return Output({"id": entry.id, "name": entry.name, "path": str(entry.path)},
+                  f"Checkpoint {args.step} of {args.run_id} is in the library as {entry.name!r} ({entry.id}).")
+
+
 def _parsers(sub, add) -> None:
     p = add("scan")
     p.add_argument("folder")
@@ -89,6 +113,11 @@ def _parsers(sub, add) -> None:
     p.add_argument("--quant", choices=["4bit", "8bit", "none"], default="4bit")
     p.add_argument("--no-gradient-checkpointing", action="store_true",
                    help="estimate without gradient checkpointing (more memory, faster)")
+    add("runs")
+    p = add("save-checkpoint")
+    p.add_argument("run_id")
+    p.add_argument("step", type=int, help="the checkpoint's step (`runs` lists the kept ones)")
+    p.add_argument("--name", help="the new adapter's name (default: the run's name and the step)")
     from studio.ml.train_cli import add_train_arguments
 
     add_train_arguments(add("train"))

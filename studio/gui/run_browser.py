@@ -1,20 +1,14 @@
 """The run browser: past training runs, their loss curves overlaid, a settings diff, resume.
 
-`list_runs(data)` reads runs/<run-id>/config.json and metrics.jsonl (plain Python, run in a worker)
-into RunSummary rows. A run whose last event is not Finished, Failed or Stopped was interrupted (the
-app closed or crashed), unless another live process holds its lock (studio.core.run_lock): then it is
-running elsewhere. An interrupted, stopped or failed run can be resumed from its last checkpoint.
+studio.core.runs.list_runs reads the runs in a worker (interrupted, running elsewhere, finished...).
+An interrupted, stopped or failed run can be resumed from its last checkpoint.
 The widget lists runs, overlays the selected runs' smoothed loss, diffs two runs' settings and
 asks the panel to resume one; InterruptedRunBanner offers the newest interrupted run at start. Knows nothing about how training runs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
@@ -22,6 +16,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
     QPushButton,
     QSplitter,
@@ -33,112 +28,23 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.core import run_lock
-from studio.core.events import Eval, Failed, Finished, RunStarted, Step, Stopped, read_events
 from studio.core.paths import DataDir
+from studio.core.runs import RunSummary, config_diff, list_runs
 from studio.gui.charts import LossOverlay
 from studio.gui.workers import start_job
 
 log = logging.getLogger(__name__)
 
-RESUMABLE = ("interrupted", "stopped", "failed")
 STATUS_COLOURS = {"finished": "#2f7d32", "stopped": "#8a6d00", "failed": "#b3261e", "interrupted": "#c05800",
                   "running": "#1f5fbf"}
 COLUMNS = ["Run", "Started", "Status", "Steps", "Final loss", "Eval loss", "Base"]
-HIDDEN_DIFF_KEYS = {"schema_version", "resume", "_inject_oom_at_step"}
-
-
-@dataclass
-class RunSummary:
-    run_id: str
-    folder: Path
-    config: dict[str, Any]
-    status: str  # finished | stopped | failed | interrupted | running (in another process)
-    step: int = 0
-    max_steps: int = 0
-    final_loss: float | None = None
-    best_eval: float | None = None
-    adapter_id: str | None = None
-    message: str = ""
-    steps: list[int] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.config.get("adapter_name") or Path(self.config.get("data_folder", "") or self.run_id).name
-
-    @property
-    def started(self) -> str:
-        """From the run id (YYYYmmdd-HHMMSS-...)."""
-        stamp = self.run_id[:15]
-        if len(stamp) == 15 and stamp[8] == "-" and stamp.replace("-", "").isdigit():
-            return f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}"
-        return ""
-
-    @property
-    def resumable(self) -> bool:
-        return self.status in RESUMABLE
-
-
-def summarize_run(folder: Path) -> RunSummary | None:
-    """One run folder as a RunSummary; None when it has no readable config.json."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    events = read_events(folder / "metrics.jsonl")
-    summary = RunSummary(run_id=folder.name, folder=folder, config=config, status="interrupted")
-    by_step: dict[int, float] = {}  # a resumed run redoes steps after its checkpoint: keep the latest
-    for event in events:
-        if isinstance(event, Step):
-            by_step[event.step] = event.loss
-            summary.step, summary.max_steps, summary.final_loss = event.step, event.max_steps, event.loss
-        elif isinstance(event, Eval):
-            summary.best_eval = event.eval_loss if summary.best_eval is None else min(summary.best_eval, event.eval_loss)
-        elif isinstance(event, RunStarted):
-            summary.max_steps = event.max_steps
-            summary.status = "interrupted"
-        elif isinstance(event, Finished):
-            summary.status, summary.adapter_id = "finished", event.adapter_id
-        elif isinstance(event, Stopped):
-            summary.status = "stopped"
-        elif isinstance(event, Failed):
-            summary.status, summary.message = "failed", event.message
-    if summary.status == "interrupted" and run_lock.holder(folder) is not None:
-        summary.status = "running"  # another live process (a second window, the CLI) is training it
-    summary.steps = sorted(by_step)
-    summary.losses = [by_step[s] for s in summary.steps]
-    return summary
-
-
-def list_runs(data: DataDir) -> list[RunSummary]:
-    """Every run in the data directory, newest first."""
-    if not data.runs.is_dir():
-        return []
-    runs = [summarize_run(folder) for folder in sorted(data.runs.iterdir(), reverse=True) if folder.is_dir()]
-    return [run for run in runs if run is not None]
-
-
-def config_diff(a: dict[str, Any], b: dict[str, Any], everything: bool = False) -> list[tuple[str, str, str]]:
-    """(setting, value in a, value in b) for the settings that differ (or all of them)."""
-    rows = []
-    for key in sorted((set(a) | set(b)) - HIDDEN_DIFF_KEYS):
-        left, right = a.get(key, "—"), b.get(key, "—")
-        if everything or left != right:
-            rows.append((key, _show(left), _show(right)))
-    return rows
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "—"
-    return "—" if value in ("", None) else str(value)
 
 
 class RunBrowser(QWidget):
     """Lists the runs; `resume_requested(run_id)` asks the panel to continue one."""
 
     resume_requested = Signal(str)
+    adapter_created = Signal(str)  # a checkpoint the user picked was saved to the library
     loaded = Signal()
 
     def __init__(self, data: DataDir, parent: QWidget | None = None) -> None:
@@ -158,6 +64,11 @@ class RunBrowser(QWidget):
         self.resume_button = QPushButton("Resume run")
         self.resume_button.setEnabled(False)
         self.resume_button.clicked.connect(self._resume)
+        self.save_checkpoint_button = QPushButton("Save a checkpoint as adapter…", enabled=False,
+                                                  toolTip="Add one of the run's kept checkpoints to the library, "
+                                                          "when you prefer it to the best one.")
+        self.save_checkpoint_button.clicked.connect(self.save_checkpoint)
+        self.last_error = None  # the last error box, for tests
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.clicked.connect(self.refresh)
         self.hint = QLabel("Select runs to overlay their loss; select two to compare their settings.")
@@ -165,6 +76,7 @@ class RunBrowser(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.hint, 1)
         buttons.addWidget(self.refresh_button)
+        buttons.addWidget(self.save_checkpoint_button)
         buttons.addWidget(self.resume_button)
 
         self.overlay = LossOverlay()
@@ -286,11 +198,57 @@ class RunBrowser(QWidget):
         ids = self.selected_ids()
         one = self.run(ids[0]) if len(ids) == 1 else None
         self.resume_button.setEnabled(one is not None and one.resumable and one.run_id != self._active_run)
+        self.save_checkpoint_button.setEnabled(one is not None and one.run_id != self._active_run
+                                               and one.status != "running")
 
     def _resume(self) -> None:
         ids = self.selected_ids()
         if len(ids) == 1:
             self.resume_requested.emit(ids[0])
+
+    # ------------------------------------------------------------ a checkpoint as an adapter
+
+    def save_checkpoint(self) -> None:
+        """Ask which kept checkpoint of the selected run to add to the library, then add it in a worker."""
+        from studio.ml import checkpoints
+        from studio.ml.checkpoint_adapter import save_checkpoint_as_adapter
+
+        ids = self.selected_ids()
+        run = self.run(ids[0]) if len(ids) == 1 else None
+        if run is None:
+            return
+        choices: dict[str, int] = {}
+        for folder in checkpoints.complete_checkpoints(run.folder):
+            step = checkpoints.step_of(folder) or 0
+            eval_loss = (checkpoints.read_marker(folder) or {}).get("eval_loss")
+            best = " (the best so far)" if eval_loss is not None else ""
+            choices[f"step {step}{best}"] = step
+        if not choices:
+            self.hint.setText(f"{run.name} kept no complete checkpoint.")
+            return
+        labels = list(choices)
+        label, ok = QInputDialog.getItem(self, "Save a checkpoint as an adapter",
+                                         f"Checkpoints {run.name} kept (the library has its best one if it "
+                                         "finished):", labels, len(labels) - 1, False)
+        if not ok:
+            return
+        step = choices[label]
+        self.save_checkpoint_button.setEnabled(False)
+        self.hint.setText(f"Saving step {step} of {run.name}…")
+        start_job(lambda emit: save_checkpoint_as_adapter(self.data, run.run_id, step),
+                  on_done=self._checkpoint_saved, on_error=self._checkpoint_failed, parent=self)
+
+    def _checkpoint_saved(self, entry) -> None:
+        self.hint.setText(f"Saved as {entry.name!r} in the library.")
+        self._update_resume()
+        self.adapter_created.emit(entry.id)
+
+    def _checkpoint_failed(self, err: BaseException, details: str) -> None:
+        from studio.gui.error_dialog import show_error
+
+        self.hint.setText(f"Could not save the checkpoint: {getattr(err, 'message', err)}")
+        self._update_resume()
+        self.last_error = show_error(self, err, details)
 
 
 def _labels(runs: list[RunSummary]) -> list[str]:

@@ -139,6 +139,7 @@ class TrainPanel(QWidget):
         self.banner.resume_requested.connect(self.resume)
         self.browser = RunBrowser(data)
         self.browser.resume_requested.connect(self.resume)
+        self.browser.adapter_created.connect(self.adapter_created)
         self.browser.loaded.connect(self._update_banner)
         self.tabs = QTabWidget()
         self.tabs.addTab(dashboard, "Dashboard")

@@ -22,9 +22,9 @@ from PySide6.QtCore import Qt
 
 from studio.core import events as ev
 from studio.core.paths import DataDir, data_dir
+from studio.core.runs import HIDDEN_DIFF_KEYS
 from studio.core.train_config import TrainConfig
 from studio.gui.charts import smooth
-from studio.gui.run_browser import HIDDEN_DIFF_KEYS
 from tests.lock_holder import held_by_another_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -283,3 +283,38 @@ def test_opening_the_runs_tab_lists_runs_trained_elsewhere(qtbot, home):
     panel.tabs.setCurrentWidget(panel.browser)
     qtbot.waitUntil(lambda: "from the cli" in rows(panel.browser), timeout=10_000)
     panel.shutdown()
+
+
+def test_a_checkpoint_the_user_picks_is_saved_to_the_library(qtbot, home, monkeypatch):
+    """Not only the best one: the user picks a kept checkpoint of a finished run and gets a new adapter."""
+    from PySide6.QtWidgets import QInputDialog
+
+    from studio.core.library import AdapterLibrary
+    from studio.gui.run_browser import RunBrowser
+    from studio.ml import checkpoints
+
+    widget = RunBrowser(home)
+    qtbot.addWidget(widget)
+    with qtbot.waitSignal(widget.loaded, timeout=10_000):
+        widget.refresh()
+    finished = run_of(home, "rank 4")
+    assert not widget.save_checkpoint_button.isEnabled()  # nothing selected
+    widget.select([finished.name])
+    assert widget.save_checkpoint_button.isEnabled()
+    kept = [checkpoints.step_of(folder) for folder in checkpoints.complete_checkpoints(finished)]
+    offered: list[list[str]] = []
+
+    def pick_the_first(parent, title, label, items, current, editable):
+        offered.append(list(items))
+        return items[0], True
+
+    monkeypatch.setattr(QInputDialog, "getItem", pick_the_first)
+    library = AdapterLibrary(home)
+    before = {entry.id for entry in library.list()}
+    with qtbot.waitSignal(widget.adapter_created, timeout=20_000) as created:
+        widget.save_checkpoint_button.click()
+    assert [label.split()[1] for label in offered[0]] == [str(step) for step in kept] and len(kept) >= 2
+    entry = library.get(created.args[0])
+    assert entry.id not in before and entry.manifest.lineage.recipe == {
+        "kind": "checkpoint", "run_id": finished.name, "step": kept[0]}
+    assert "Saved as" in widget.hint.text() and widget.save_checkpoint_button.isEnabled()

@@ -402,6 +402,46 @@ def test_cli_entry_point_streams_json_events(math_folder, tiny_base_dir, studio_
         str(tiny_base_dir)
 
 
+def test_a_kept_checkpoint_the_user_picks_becomes_an_adapter(math_folder, tiny_base_dir, studio_home, capsys):
+    """Not only the best: any complete checkpoint the run kept can be saved to the library (CLI verbs)."""
+    from safetensors.torch import load_file
+
+    from studio.cli import run
+
+    result, _ = train(tiny_config(math_folder, tiny_base_dir, adapter_name="picked", keep_checkpoints=5,
+                                  checkpoint_every=2, eval_every=2, max_steps=6), studio_home)
+    assert result.status == "finished"
+    assert run(["runs", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["runs"]
+    assert [(r["run_id"], r["status"], r["checkpoints"]) for r in listed] == [(result.run_id, "finished", [2, 4, 6])]
+
+    library = AdapterLibrary(studio_home)
+    before = [entry.id for entry in library.list()]
+    assert run(["save-checkpoint", result.run_id, "3"]) == 1  # not a kept step: refused, library untouched
+    assert "steps 2, 4, 6" in capsys.readouterr().err and [e.id for e in library.list()] == before
+
+    assert run(["save-checkpoint", result.run_id, "2", "--name", "early", "--json"]) == 0
+    saved = library.get(json.loads(capsys.readouterr().out)["id"])
+    checkpoint = checkpoints.checkpoint_path(result.run_dir, 2)
+    want, got = load_file(checkpoint / "adapter_model.safetensors"), load_file(saved.path / "adapter_model.safetensors")
+    assert want.keys() == got.keys() and all((want[k] == got[k]).all() for k in want)
+    finished = library.get(result.adapter_id).manifest
+    manifest = saved.manifest
+    assert manifest.name == "early" and manifest.metrics["steps"] == 2 and manifest.metrics["chosen_checkpoint"]
+    assert manifest.lineage.recipe == {"kind": "checkpoint", "run_id": result.run_id, "step": 2}
+    assert (manifest.base_model, manifest.base_fingerprint, manifest.rank, manifest.hyperparameters) == (
+        finished.base_model, finished.base_fingerprint, finished.rank, finished.hyperparameters)
+    config = json.loads((saved.path / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_base_dir)
+
+    # The finished adapter deleted: the manifest comes from the run's config instead.
+    library.delete(result.adapter_id)
+    assert run(["save-checkpoint", result.run_id, "4", "--json"]) == 0
+    later = library.get(json.loads(capsys.readouterr().out)["id"]).manifest
+    assert later.name == "picked step 4" and later.base_fingerprint == finished.base_fingerprint
+    assert later.hyperparameters["run_id"] == result.run_id and later.metrics["steps"] == 4
+
+
 # ---------------------------------------------------------------- a hard kill in the middle
 
 
