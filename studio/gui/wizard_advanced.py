@@ -1,7 +1,9 @@
 """The train wizard's advanced settings: every TrainConfig field the presets do not pick for the user.
 
 A two-column grid of plain fields (alpha, dropout, learning rate and schedule, length, batch,
-sequence length, evaluation and checkpoint cadence, target layers, base weights, device).
+sequence length, evaluation and checkpoint cadence, target layers, base weights, device, early
+stopping, checkpoints kept, what happens to samples longer than the sequence length) and the probe
+prompts the dashboard samples answers to.
 `estimate_inputs_changed` fires when a field the memory estimate depends on changes; `apply_to`
 writes the fields into a TrainConfig. The settings page (studio.gui.wizard_settings) owns the rank,
 the method and the presets, and sets these fields from them.
@@ -18,6 +20,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QPlainTextEdit,
     QSpinBox,
     QWidget,
 )
@@ -26,6 +29,7 @@ from studio.core.train_config import DEVICES, SCHEDULES, TrainConfig
 
 QUANT_LABELS = {"4bit": "4-bit NF4", "8bit": "8-bit", "none": "full precision"}
 NAMED_TARGETS = ("all-linear", "attention")
+LONG_SAMPLE_LABELS = {"truncate": "truncate them", "drop": "leave them out"}
 
 
 def _spin(low: int, high: int, value: int, special: str = "", step: int = 1) -> QSpinBox:
@@ -74,6 +78,17 @@ class AdvancedSettings(QGroupBox):
                                                 checked=True)
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
+        self.early_stopping = _spin(0, 1000, 0, "off")
+        self.early_stopping.setToolTip("Stop after this many evaluations without a better eval loss.")
+        self.keep_checkpoints = _spin(1, 1000, 2)
+        self.keep_checkpoints.setToolTip("The last N complete checkpoints are kept, plus the best one; any kept "
+                                         "checkpoint can be saved as an adapter from the Runs tab.")
+        self.long_samples = QComboBox()
+        for key, label in LONG_SAMPLE_LABELS.items():
+            self.long_samples.addItem(label, key)
+        self.probe_prompts = QPlainTextEdit(placeholderText="One prompt a line, answered every 'Sample answers "
+                                            "every' steps. Empty: the first validation questions.")
+        self.probe_prompts.setFixedHeight(3 * self.probe_prompts.fontMetrics().lineSpacing() + 12)
         self._lay_out()
         for signal in (self.seq_len.valueChanged, self.micro_batch.valueChanged, self.dropout.valueChanged,
                        self.targets.currentTextChanged, self.quant.currentIndexChanged,
@@ -92,7 +107,9 @@ class AdvancedSettings(QGroupBox):
                   ("Validation share:", self.val_fraction), ("Seed:", self.seed),
                   ("Evaluate every:", self.eval_every), ("Checkpoint every:", self.checkpoint_every),
                   ("Sample answers every:", self.sample_every), ("Target layers:", self.targets),
-                  ("Base weights:", self.quant), ("Device:", self.device_combo))
+                  ("Base weights:", self.quant), ("Device:", self.device_combo),
+                  ("Early stopping:", self.early_stopping), ("Keep checkpoints:", self.keep_checkpoints),
+                  ("Longer than seq. length:", self.long_samples))
         half = (len(fields) + 1) // 2  # two columns of label + field keep the page short
         for index, (label, field) in enumerate(fields):
             row, column = index % half, 2 * (index // half)
@@ -101,7 +118,9 @@ class AdvancedSettings(QGroupBox):
                 grid.addLayout(field, row, column + 1)
             else:
                 grid.addWidget(field, row, column + 1)
-        grid.addWidget(self.gradient_checkpointing, half, 0, 1, 4)
+        grid.addWidget(QLabel("Probe prompts:"), half, 0)
+        grid.addWidget(self.probe_prompts, half, 1, 1, 3)
+        grid.addWidget(self.gradient_checkpointing, half + 1, 0, 1, 4)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
 
@@ -122,11 +141,20 @@ class AdvancedSettings(QGroupBox):
             grad_accum=self.grad_accum.value(), seq_len=self.seq_len.value(), val_fraction=self.val_fraction.value(),
             eval_every=self.eval_every.value(), checkpoint_every=self.checkpoint_every.value(),
             sample_every=self.sample_every.value(), seed=self.seed.value(),
-            gradient_checkpointing=self.gradient_checkpointing.isChecked(), device=self.device_combo.currentText())
+            gradient_checkpointing=self.gradient_checkpointing.isChecked(), device=self.device_combo.currentText(),
+            early_stopping_patience=self.early_stopping.value(), keep_checkpoints=self.keep_checkpoints.value(),
+            long_samples=self.long_samples.currentData(), probe_prompts=self.prompts())
+
+    def prompts(self) -> list[str]:
+        return [line.strip() for line in self.probe_prompts.toPlainText().splitlines() if line.strip()]
 
     def length_text(self) -> str:
         steps = self.max_steps.value()
         return f"{steps} steps" if steps else f"{self.epochs.value():g} epochs"
+
+    def early_stopping_text(self) -> str:
+        patience = self.early_stopping.value()
+        return f"after {patience} evaluations without a better eval loss" if patience else "off"
 
     def batch_text(self) -> str:
         return (f"{self.micro_batch.value()} × {self.grad_accum.value()} accumulation, "

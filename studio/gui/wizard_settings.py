@@ -339,7 +339,10 @@ class SettingsPage(QWizardPage):
                 ("Target layers", self.advanced.targets.currentText()),
                 ("Learning rate", f"{self.advanced.learning_rate.value():g} ({self.advanced.schedule.currentText()})"),
                 ("Length", self.advanced.length_text()), ("Batch", self.advanced.batch_text()),
-                ("Device", self.advanced.device_combo.currentText())]
+                ("Device", self.advanced.device_combo.currentText()),
+                ("Early stopping", self.advanced.early_stopping_text()),
+                ("Probe prompts", f"{len(self.advanced.prompts())} of yours" if self.advanced.prompts()
+                 else "the first validation questions")]
         if self.parent_adapter:
             rows.insert(0, ("Continues", self.parent_adapter))
         if self.last is not None:

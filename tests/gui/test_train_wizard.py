@@ -167,6 +167,10 @@ def test_the_chosen_settings_come_back_as_a_train_config(qtbot, make_wizard, dat
     settings.advanced_button.click()
     settings.advanced.max_steps.setValue(12)
     settings.advanced.targets.setCurrentText("q_proj, v_proj")
+    settings.advanced.early_stopping.setValue(3)
+    settings.advanced.keep_checkpoints.setValue(4)
+    settings.advanced.long_samples.setCurrentIndex(settings.advanced.long_samples.findData("drop"))
+    settings.advanced.probe_prompts.setPlainText("What is 2 plus 2?\n\n  Who are you?  \n")
     wizard.next()
     assert wizard.review_page.name_edit.text() == "my-data"
     wizard.review_page.tags_edit.setText(" a, b ,, c")
@@ -174,5 +178,10 @@ def test_the_chosen_settings_come_back_as_a_train_config(qtbot, make_wizard, dat
     assert (config.data_folder, config.base, config.preset, config.method, config.quant) == (
         str(data_folder), "tiny-llama", "style", "dora", "8bit")
     assert (config.rank, config.alpha, config.max_steps, config.targets) == (8, 16.0, 12, ["q_proj", "v_proj"])
+    assert (config.early_stopping_patience, config.keep_checkpoints, config.long_samples) == (3, 4, "drop")
+    assert config.probe_prompts == ["What is 2 plus 2?", "Who are you?"]
     assert config.adapter_name == "my-data" and wizard.tags() == ["a", "b", "c"]
+    review = dict(settings.summary())
+    assert review["Early stopping"] == "after 3 evaluations without a better eval loss"
+    assert review["Probe prompts"] == "2 of yours"
     qtbot.waitUntil(lambda: not wizard.data_page.rendering, timeout=30_000)
