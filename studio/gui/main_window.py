@@ -171,6 +171,10 @@ class MainWindow(QMainWindow):
         self.base_label.setText(f"Base: {base}")
         self.statusBar().showMessage(f"Base model set to {base}", 5000)
 
+    def open_settings(self) -> None:
+        if SettingsDialog(self).exec():
+            self.base_label.setText(f"Base: {self.settings.value(BASE_MODEL_KEY, DEFAULT_BASE_ID, type=str)}")
+
     def show_panel(self, index: int) -> None:
         self.sidebar.setCurrentRow(index)
 
@@ -218,10 +222,12 @@ class MainWindow(QMainWindow):
         train_action = QAction("&Train from a folder…", self, shortcut=QKeySequence("Ctrl+N"))
         train_action.triggered.connect(lambda: (self.show_panel(TRAIN), self.train_panel.start_wizard()))
         settings_action = QAction("&Settings…", self, shortcut=QKeySequence("Ctrl+,"))
-        settings_action.triggered.connect(lambda: SettingsDialog(self).exec())
+        settings_action.triggered.connect(self.open_settings)
+        base_action = QAction("&Base model: pick a folder, the HF cache or download…", self)
+        base_action.triggered.connect(lambda: self.welcome is None and self.show_welcome())
         quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
-        file_menu.addActions([train_action, import_action, settings_action, quit_action])
+        file_menu.addActions([train_action, import_action, base_action, settings_action, quit_action])
         help_menu = self.menuBar().addMenu("&Help")
         about = QAction("&About", self)
         about.triggered.connect(self.show_about)

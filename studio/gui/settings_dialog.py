@@ -28,9 +28,17 @@ DATA_DIR_KEY = "ui/data_dir"
 BASE_MODEL_KEY = "ui/default_base"
 
 
+_platform_look: tuple[str, QPalette] | None = None  # the style and palette the app started with
+
+
 def apply_theme(app: QApplication, theme: str) -> None:
-    """Fusion style with a light or dark palette ("system" keeps the platform's look)."""
+    """Fusion style with a light or dark palette; "system" is (or goes back to) the platform's look."""
+    global _platform_look
+    if _platform_look is None:
+        _platform_look = (app.style().name(), QPalette(app.palette()))
     if theme == "system":
+        app.setStyle(_platform_look[0])
+        app.setPalette(_platform_look[1])
         return
     app.setStyle("Fusion")
     palette = QPalette()

@@ -66,6 +66,38 @@ def test_welcome_appears_on_first_start_only(qtbot, studio_home):
     second = MainWindow(studio_home)
     qtbot.addWidget(second)
     assert second.welcome is None
+    # Later, the File menu brings the page back: the route to a bigger base model (folder, cache, download).
+    menu_action = next(action for action in second.menuBar().actions()[0].menu().actions()
+                       if action.text().startswith("&Base model"))
+    menu_action.trigger()
+    assert second.welcome is not None and second.root_stack.currentWidget() is second.welcome
+    second.welcome.base_model_chosen.emit("/models/Qwen2.5-7B-Instruct")
+    assert second.base_label.text() == "Base: /models/Qwen2.5-7B-Instruct"
+
+
+def test_settings_change_the_base_label_and_the_theme_goes_back_to_the_system_look(qtbot, studio_home, monkeypatch):
+    from PySide6.QtWidgets import QApplication, QDialog
+
+    from studio.gui.main_window import MainWindow
+    from studio.gui.settings_dialog import SettingsDialog, apply_theme
+
+    app = QApplication.instance()
+    style, window_colour = app.style().name(), app.palette().window().color().name()
+    window = MainWindow(studio_home)
+    qtbot.addWidget(window)
+
+    def accept_with_a_new_base(dialog: SettingsDialog) -> int:
+        dialog.base_edit.setText("my-base")
+        dialog.theme_combo.setCurrentText("dark")
+        dialog.accept()
+        return QDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(SettingsDialog, "exec", accept_with_a_new_base)
+    window.open_settings()
+    assert window.base_label.text() == "Base: my-base"
+    assert app.palette().window().color().name() == "#2b2b2e"
+    apply_theme(app, "system")
+    assert (app.style().name(), app.palette().window().color().name()) == (style, window_colour)
 
 
 def _drop(widget, path: Path) -> None:
