@@ -1,8 +1,9 @@
 """The typed events a training run reports, and their JSON form in runs/<run-id>/metrics.jsonl.
 
-One frozen dataclass per kind (RunStarted, Step, Eval, Memory, Sample, Checkpoint, Warning,
+One frozen dataclass per kind (Preparing, RunStarted, Step, Eval, Memory, Sample, Checkpoint, Warning,
 OOMRecovered, Stopped, Finished, Failed). `to_dict()` gives a JSON-able dict with a "type" key;
-`event_from_dict()` and `read_events()` turn metrics.jsonl lines back into the same objects.
+`event_from_dict()` and `read_events()` turn metrics.jsonl lines back into the same objects;
+`describe_event()` is the one line a person reads (the CLI's output, the dashboard's log).
 This module knows nothing about torch, the Trainer or Qt: it only describes what happened.
 """
 
@@ -24,6 +25,15 @@ class _Event:
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class Preparing(_Event):
+    """Work before the first step that can take a while: the default model's first conversion, loading."""
+
+    kind: ClassVar[str] = "preparing"
+    message: str
+    fraction: float | None = None  # how far this stage is, 0..1; None when unknown
 
 
 @dataclass(frozen=True)
@@ -163,9 +173,9 @@ class Failed(_Event):
 
 TrainWarning = Warning  # for callers that would rather not shadow the builtin name
 
-Event = (RunStarted | Step | Eval | Memory | Sample | Checkpoint | Warning | OOMRecovered | Stopped | Finished
+Event = (Preparing | RunStarted | Step | Eval | Memory | Sample | Checkpoint | Warning | OOMRecovered | Stopped | Finished
          | Failed)
-EVENT_TYPES: dict[str, type] = {cls.kind: cls for cls in (RunStarted, Step, Eval, Memory, Sample, Checkpoint,
+EVENT_TYPES: dict[str, type] = {cls.kind: cls for cls in (Preparing, RunStarted, Step, Eval, Memory, Sample, Checkpoint,
                                                            Warning, OOMRecovered, Stopped, Finished, Failed)}
 TERMINAL_TYPES = (Stopped, Finished, Failed)
 
@@ -205,3 +215,39 @@ def read_events(path: Path | str) -> list[Event]:
         except (ValueError, TypeError) as err:
             log.warning("%s:%d is not a readable event (%s); skipped", path, number, err)
     return events
+
+
+def describe_event(event: Event) -> str | None:
+    """One human line for an event, as the CLI prints it and the dashboard logs it (None: not worth a line)."""
+    if isinstance(event, Preparing):
+        return event.message + (f" ({event.fraction:.0%})" if event.fraction is not None else "")
+    if isinstance(event, RunStarted):
+        resumed = f", resuming at step {event.start_step}" if event.start_step else ""
+        return (f"Run {event.run_id}: {event.base_model} on {event.device} ({event.quant}, {event.dtype}), "
+                f"{event.max_steps} steps, {event.train_samples} samples in {event.train_rows} rows{resumed}")
+    if isinstance(event, Step):
+        eta = f"{int(event.eta_seconds // 60)}m{int(event.eta_seconds % 60):02d}s"
+        return (f"step {event.step}/{event.max_steps}  loss {event.loss:.4f}  lr {event.learning_rate:.2e}  "
+                f"{event.tokens_per_second:.0f} tok/s  eta {eta}")
+    if isinstance(event, Eval):
+        return f"eval at step {event.step}: loss {event.eval_loss:.4f}{' (best)' if event.is_best else ''}"
+    if isinstance(event, Sample):
+        return f"sample at step {event.step}: {event.prompt!r} -> {event.completion!r}"
+    if isinstance(event, Memory):
+        return None  # charted, not logged
+    if isinstance(event, Checkpoint):
+        return f"checkpoint saved at step {event.step}{' (best)' if event.is_best else ''}"
+    if isinstance(event, Warning | OOMRecovered):
+        return f"warning: {event.message}"
+    if isinstance(event, Stopped):
+        return f"stopped at step {event.step}; checkpoint {event.checkpoint}"
+    if isinstance(event, Finished):
+        return (f"finished: adapter {event.adapter_id} in {event.duration_s:.0f} s "
+                f"(final loss {_loss(event.final_loss)}, eval loss {_loss(event.eval_loss)})")
+    if isinstance(event, Failed):
+        return f"failed at step {event.step}: {event.message} {event.hint}".rstrip()
+    return None
+
+
+def _loss(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"

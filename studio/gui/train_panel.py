@@ -238,36 +238,39 @@ class TrainPanel(QWidget):
         self._apply(event, live=True)
 
     def _apply(self, event: ev.Event, live: bool) -> None:
+        """Chart the event, and log its line (the CLI's) when live; a replay only redraws the charts."""
         charts = self.charts
         if isinstance(event, ev.Step):
             charts.add_step(event.step, event.loss, event.learning_rate, event.tokens_per_second)
             self._max_steps = event.max_steps or self._max_steps
             if live:
                 self._progress(event)
-                if event.step == 1 or event.step % self._step_log_every == 0 or event.step == event.max_steps:
-                    self._log(f"step {event.step}/{event.max_steps}  loss {event.loss:.4f}  lr {event.learning_rate:.2e}"
-                              f"  {event.tokens_per_second:,.0f} tok/s")
+            if not (event.step == 1 or event.step % self._step_log_every == 0 or event.step == event.max_steps):
+                return  # about 50 step lines a run
         elif isinstance(event, ev.Memory):
             charts.add_memory(event.step, event.allocated, event.peak, event.total, event.reserved)
         elif isinstance(event, ev.Eval):
             charts.add_eval(event.step, event.eval_loss)
-            self._log(f"eval at step {event.step}: {event.eval_loss:.4f}{' (best so far)' if event.is_best else ''}",
-                      live)
         elif isinstance(event, ev.Sample):
             self.samples.add_sample(event, scroll=live)
+            return  # the table shows it
         elif isinstance(event, ev.RunStarted):
             self._started(event, live)
-        elif isinstance(event, ev.Checkpoint):
-            self._log(f"checkpoint saved at step {event.step}{' (best)' if event.is_best else ''}", live)
-        elif isinstance(event, (ev.Warning, ev.OOMRecovered)):
-            self._log(f"⚠ {event.message}", live)
-        elif isinstance(event, ev.Stopped):
-            self._log(f"stopped at step {event.step}", live)
-        elif isinstance(event, ev.Finished):
-            self._log(f"finished: adapter {event.adapter_id} (final loss {_num(event.final_loss)}, "
-                      f"eval loss {_num(event.eval_loss)}) in {event.duration_s:.0f} s", live)
-        elif isinstance(event, ev.Failed):
-            self._log(f"✘ failed at step {event.step}: {event.message}", live)
+        elif isinstance(event, ev.Preparing) and live:
+            self._preparing(event)
+        line = ev.describe_event(event)
+        if line is not None:
+            self._log(line, live)
+
+    def _preparing(self, event: ev.Preparing) -> None:
+        """Before the first step: a busy bar (or the stage's share when known) and the message."""
+        if event.fraction is None:
+            self.progress.setRange(0, 0)
+        else:
+            self.progress.setRange(0, 100)
+            self.progress.setValue(int(100 * event.fraction))
+        self.progress.setFormat(event.message)
+        self.title.setText(event.message)
 
     def _started(self, event: ev.RunStarted, live: bool) -> None:
         self._max_steps = event.max_steps
@@ -390,6 +393,3 @@ class TrainPanel(QWidget):
     def _update_banner(self) -> None:
         self.banner.show_runs([] if self._running else self.browser.interrupted())
 
-
-def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"

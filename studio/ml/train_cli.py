@@ -20,17 +20,8 @@ from typing import TextIO
 
 from studio.core.errors import StudioError
 from studio.core.events import (
-    Checkpoint,
-    Eval,
     Event,
-    Failed,
-    Finished,
-    OOMRecovered,
-    RunStarted,
-    Sample,
-    Step,
-    Stopped,
-    Warning,
+    describe_event,
     event_to_json,
 )
 from studio.core.paths import DataDir, data_dir
@@ -116,34 +107,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-def describe(event: Event) -> str | None:
-    """One human line for an event (None for the ones not worth a line)."""
-    if isinstance(event, RunStarted):
-        resumed = f", resuming at step {event.start_step}" if event.start_step else ""
-        return (f"Run {event.run_id}: {event.base_model} on {event.device} ({event.quant}, {event.dtype}), "
-                f"{event.max_steps} steps, {event.train_samples} samples in {event.train_rows} rows{resumed}")
-    if isinstance(event, Step):
-        eta = f"{int(event.eta_seconds // 60)}m{int(event.eta_seconds % 60):02d}s"
-        return (f"step {event.step}/{event.max_steps}  loss {event.loss:.4f}  lr {event.learning_rate:.2e}  "
-                f"{event.tokens_per_second:.0f} tok/s  eta {eta}")
-    if isinstance(event, Eval):
-        return f"eval at step {event.step}: loss {event.eval_loss:.4f}{' (best)' if event.is_best else ''}"
-    if isinstance(event, Sample):
-        return f"sample at step {event.step}: {event.prompt!r} -> {event.completion!r}"
-    if isinstance(event, Checkpoint):
-        return f"checkpoint {Path(event.path).name}{' (best)' if event.is_best else ''}"
-    if isinstance(event, (Warning, OOMRecovered)):
-        return f"warning: {event.message}"
-    if isinstance(event, Stopped):
-        return f"stopped at step {event.step}; checkpoint {event.checkpoint}"
-    if isinstance(event, Finished):
-        return (f"finished: adapter {event.adapter_id} in {event.duration_s:.0f} s "
-                f"(final loss {event.final_loss}, eval loss {event.eval_loss})")
-    if isinstance(event, Failed):
-        return f"failed at step {event.step}: {event.message} {event.hint}".rstrip()
-    return None
-
-
 def run_from_args(args: argparse.Namespace, data: DataDir, out: TextIO | None = None):
     """Run training from parsed arguments, streaming events to `out`; returns the RunResult."""
     from studio.ml.training import run_training
@@ -154,7 +117,7 @@ def run_from_args(args: argparse.Namespace, data: DataDir, out: TextIO | None = 
     stop = threading.Event()
 
     def on_event(event: Event) -> None:
-        line = event_to_json(event) if as_json else describe(event)
+        line = event_to_json(event) if as_json else describe_event(event)
         if line is not None:
             print(line, file=out, flush=True)
 

@@ -28,6 +28,7 @@ from studio.core.events import (
     Failed,
     Finished,
     OOMRecovered,
+    Preparing,
     RunStarted,
     Stopped,
     Warning,
@@ -75,12 +76,15 @@ def new_run_id(name: str) -> str:
     return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{slugify(name)[:24]}-{secrets.token_hex(2)}"
 
 
-def resolve_base(data: DataDir, base: str) -> tuple[BaseModelInfo, str]:
-    """(info, the name written into adapter_config.json): a studio/HF id, or the folder for a folder."""
+def resolve_base(data: DataDir, base: str, progress: Callable[[float, str], None] | None = None
+                 ) -> tuple[BaseModelInfo, str]:
+    """(info, the name written into adapter_config.json): a studio/HF id, or the folder for a folder.
+
+    The default base is converted on its first use; `progress(fraction, message)` hears about it."""
     if not base or base == DEFAULT_BASE_ID:
         from studio.ml.default_model import ensure_default_model
 
-        info = inspect_base_model(ensure_default_model(data), model_id=DEFAULT_BASE_ID, source="studio")
+        info = inspect_base_model(ensure_default_model(data, progress), model_id=DEFAULT_BASE_ID, source="studio")
     else:
         info = resolve_base_model(data, base)
     return info, (str(info.path) if info.source == "folder" else info.id)
@@ -216,7 +220,13 @@ class _Run:
         from studio.core.dataset import packed_rows, prepare_dataset, scan_folder
 
         cfg = self.config
-        self.base_info, self.base_ref = resolve_base(self.data, cfg.base)
+
+        def converting(fraction: float, message: str) -> None:
+            self.emit(Preparing(message=f"First use of the default model, converting it once: {message}",
+                                fraction=fraction))
+
+        self.base_info, self.base_ref = resolve_base(self.data, cfg.base, converting)
+        self.emit(Preparing(message=f"Reading and tokenizing {cfg.data_folder}…"))
         self.device = model_loading.choose_device(cfg.device)
         self.tokenizer = model_loading.load_tokenizer(self.base_info.path)
         self.parent = None
@@ -255,6 +265,7 @@ class _Run:
         self._restore_best(resume_from)
         model = trainer = None
         try:
+            self.emit(Preparing(message=f"Loading {self.base_info.id} ({self.quant}) on {dev.name}…"))
             model = self._load_base()
             _, base_params = model_loading.count_parameters(model)
             from transformers import set_seed

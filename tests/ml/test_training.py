@@ -90,6 +90,8 @@ def test_events_round_trip_through_json_lines(tmp_path: Path) -> None:
         ev.Memory(step=3, allocated=1, reserved=2, peak=3, rss=4, total=5),
         ev.Sample(step=3, prompt="Hi?", completion="Hello."),
         ev.Checkpoint(step=3, path="/x/checkpoint-3", is_best=False),
+        ev.Preparing(message="Loading…"),
+        ev.Preparing(message="Converting…", fraction=0.25),
         ev.Warning(step=3, message="slow"),
         ev.OOMRecovered(step=4, new_micro_batch=1, new_grad_accum=8, message="m"),
         ev.Stopped(step=4, checkpoint=None),
@@ -179,7 +181,10 @@ def test_short_run_reports_events_and_adds_a_loadable_adapter(quant, math_folder
     assert of(seen, ev.Memory) and all(m.rss > 0 and m.total > m.rss for m in of(seen, ev.Memory))
     assert [c.step for c in of(seen, ev.Checkpoint)] == [4, 8]
     assert [s.step for s in of(seen, ev.Sample)] == [4, 4, 8, 8][: len(of(seen, ev.Sample))] and of(seen, ev.Sample)
-    assert isinstance(seen[0], ev.RunStarted) and seen[0].quant == quant and isinstance(seen[-1], ev.Finished)
+    preparing = [e for e in seen if isinstance(e, ev.Preparing)]
+    assert seen[:len(preparing)] == preparing and preparing[-1].message.startswith("Loading ")  # then the run starts
+    started = seen[len(preparing)]
+    assert isinstance(started, ev.RunStarted) and started.quant == quant and isinstance(seen[-1], ev.Finished)
     # metrics.jsonl holds the same events, config.json the config
     assert ev.read_events(result.run_dir / "metrics.jsonl") == seen
     stored = TrainConfig.from_dict(json.loads((result.run_dir / "config.json").read_text()))
@@ -382,6 +387,24 @@ def test_bad_inputs_fail_with_a_message(tiny_base_dir, studio_home, tmp_path):
         train(TrainConfig(resume="nope"), studio_home)
 
 
+def test_the_default_models_first_conversion_is_reported_as_it_goes(math_folder, tiny_base_dir, studio_home,
+                                                                      monkeypatch):
+    """Training the default base on a fresh data directory converts it first (~20 s): the run says so."""
+    from studio.ml import default_model
+
+    def convert(data, progress=None):  # the conversion itself is tested in tests/e2e/test_default_model.py
+        progress(0.5, "Dequantizing the weights…")
+        return tiny_base_dir
+
+    monkeypatch.setattr(default_model, "ensure_default_model", convert)
+    config = tiny_config(math_folder, tiny_base_dir, max_steps=2, eval_every=0, checkpoint_every=0, sample_every=0)
+    result, seen = train(config.replace(base=""), studio_home)
+    assert result.status == "finished", result.message
+    first = of(seen, ev.Preparing)[0]
+    assert first.fraction == 0.5 and first.message.startswith("First use of the default model")
+    assert seen.index(first) < seen.index(of(seen, ev.RunStarted)[0])
+
+
 def test_cli_entry_point_streams_json_events(math_folder, tiny_base_dir, studio_home, capsys):
     from studio.ml.train_cli import main
 
@@ -391,7 +414,8 @@ def test_cli_entry_point_streams_json_events(math_folder, tiny_base_dir, studio_
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     streamed = [ev.event_from_dict(json.loads(line)) for line in lines[:-1]]  # one event a line,
-    assert isinstance(streamed[0], ev.RunStarted) and isinstance(streamed[-1], ev.Finished)
+    assert isinstance(streamed[0], ev.Preparing) and isinstance(streamed[-1], ev.Finished)
+    assert len(of(streamed, ev.RunStarted)) == 1
     result = json.loads(lines[-1])  # then the result object
     assert result["status"] == "finished" and result["step"] == 3 and result["adapter_id"] == streamed[-1].adapter_id
     assert result["tokens_per_second"] == streamed[-1].tokens_per_second > 0

@@ -24,7 +24,8 @@ def test_child_run_streams_events_and_returns_the_result(math_folder, tiny_base_
                                    on_event=seen.append)
     assert result.status == "finished" and result.step == 8 and result.adapter_id
     assert [s.step for s in of(seen, ev.Step)] == list(range(1, 9))
-    assert isinstance(seen[0], ev.RunStarted) and isinstance(seen[-1], ev.Finished)
+    assert isinstance(seen[0], ev.Preparing) and isinstance(seen[-1], ev.Finished)
+    assert [type(e) for e in seen if not isinstance(e, ev.Preparing)][0] is ev.RunStarted
     # what came through the pipe is what the run wrote to its metrics file
     assert ev.read_events(result.run_dir / "metrics.jsonl") == seen
     # the child logs to its own file in the data directory (the window's log has one writer)
