@@ -8,8 +8,12 @@ every tensor's name and shape. Knows nothing about loading weights (that is stud
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,25 +238,57 @@ def base_config(data: DataDir, name_or_path: str | None) -> dict:
 
 def download_base_model(repo_id: str, data: DataDir,
                         progress: Callable[[str], None] | None = None) -> BaseModelInfo:
-    """Download a hub model (safetensors only) into the data directory, failing fast offline."""
+    """Download a hub model (safetensors only) into the data directory, failing fast offline.
+
+    The files land in a hidden folder beside the others and move into place only once the whole
+    model is there and validates, so a failed or cancelled download leaves no half model behind.
+    A model already downloaded is returned as it is."""
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     target = data.models / repo_id.replace("/", "--")
-    if progress:
-        progress(f"Downloading {repo_id} from the Hugging Face Hub…")
+    if target.is_dir():
+        return inspect_base_model(target, model_id=repo_id, source="studio")
+    report = progress or (lambda message: log.info("%s", message))
+    report(f"Downloading {repo_id} from the Hugging Face Hub…")
+    data.models.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".download-{target.name}-", dir=data.models))
     try:
-        huggingface_hub.model_info(repo_id, timeout=10)
-        huggingface_hub.snapshot_download(
-            repo_id, local_dir=target,
-            allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"],
-        )
-    except (OSError, HfHubHTTPError, LocalEntryNotFoundError) as err:
-        raise StudioError(f"Could not download {repo_id}: the Hugging Face Hub is not reachable "
-                          f"({type(err).__name__}).",
-                          hint="Check your internet connection, or pick a model already on disk.") from err
-    except Exception as err:  # the hub client raises its HTTP library's own errors offline
-        raise StudioError(f"Could not download {repo_id}: the Hugging Face Hub did not answer ({err}).",
-                          hint="Check the model id and your internet connection, or pick a model "
-                               "already on disk.") from err
+        try:
+            huggingface_hub.model_info(repo_id, timeout=10)
+            huggingface_hub.snapshot_download(
+                repo_id, local_dir=partial, tqdm_class=_files_progress(repo_id, report),
+                allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"],
+            )
+        except (OSError, HfHubHTTPError, LocalEntryNotFoundError) as err:
+            raise StudioError(f"Could not download {repo_id}: the Hugging Face Hub is not reachable "
+                              f"({type(err).__name__}).",
+                              hint="Check your internet connection, or pick a model already on disk.") from err
+        except Exception as err:  # the hub client raises its HTTP library's own errors offline
+            raise StudioError(f"Could not download {repo_id}: the Hugging Face Hub did not answer ({err}).",
+                              hint="Check the model id and your internet connection, or pick a model "
+                                   "already on disk.") from err
+        shutil.rmtree(partial / ".cache", ignore_errors=True)  # the hub client's download bookkeeping
+        inspect_base_model(partial, model_id=repo_id, source="studio")  # refuse a repo that is not a model
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    report(f"Downloaded {repo_id}.")
     return inspect_base_model(target, model_id=repo_id, source="studio")
+
+
+def _files_progress(repo_id: str, report: Callable[[str], None]):
+    """A tqdm class for snapshot_download's per-file bar that reports "k of n files" as messages."""
+    from tqdm.auto import tqdm
+
+    class FilesProgress(tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs["file"] = io.StringIO()  # messages for the window and the CLI, not a terminal bar
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            report(f"Downloading {repo_id}: {int(self.n)} of {self.total} files")
+            return shown
+
+    return FilesProgress

@@ -82,6 +82,14 @@ class StudioTrainer(Trainer):
         """(real tokens, samples) trained by this Trainer so far."""
         return self.session_tokens, self.session_samples
 
+    def save_checkpoint_now(self) -> None:
+        """Checkpoint the last completed step outside the save schedule (after an out-of-memory error).
+
+        Trainer has no public call for this: it is what the training loop does at a save step (the
+        private _save_checkpoint, then the callbacks' on_save, where the studio marks it complete)."""
+        self._save_checkpoint(self.model, trial=None)
+        self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The shortcut reduces the loss the way the model's own loss does when it is handed
         # num_items_in_batch (model_accepts_loss_kwargs), so the Trainer's scaling stays right.

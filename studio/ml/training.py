@@ -178,10 +178,12 @@ class _Run:
                 if kind == "oom" and self.phase == "training" and micro > 1:
                     micro, accum = micro // 2, accum * 2
                     self._record_batch(micro, accum)
+                    last = checkpoints.last_complete(self.run_dir)
+                    since = f"step {checkpoints.step_of(last)}" if last is not None else "the start"
                     self.emit(OOMRecovered(step=self.tracker.step + 1, new_micro_batch=micro, new_grad_accum=accum,
                                            message=f"Out of memory at step {self.tracker.step + 1}; retrying with "
                                                    f"micro batch {micro} and gradient accumulation {accum} (same "
-                                                   f"effective batch) from the last checkpoint."))
+                                                   f"effective batch) from {since}."))
                     continue
                 if kind == "oom":
                     where = "loading the model" if self.phase != "training" else f"step {self.tracker.step + 1}"
@@ -306,7 +308,12 @@ class _Run:
                 early_stopping_patience=cfg.early_stopping_patience, slow_step_factor=cfg.slow_step_factor,
                 counters=trainer.counters))
             self.phase = "training"
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            try:
+                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            except BaseException as err:
+                if is_oom(err):
+                    self._checkpoint_after_oom(trainer)
+                raise
             self.phase = "finishing"
             tokens_seen = int(trainer.state.num_input_tokens_seen)
             if self.tracker.stop_requested:
@@ -343,6 +350,23 @@ class _Run:
                 f"{str(err)[:160]}); training with unquantized weights instead, which needs more memory.")))
             self.quant = "none"
         return load(self.base_info.path, self.quant, self.device, **kwargs)
+
+    def _checkpoint_after_oom(self, trainer) -> None:
+        """Keep the steps done since the last checkpoint: the weights and optimizer are those of the last
+        completed step (the failed step's partial gradients are dropped), so that step is saved before
+        the retry or the failure."""
+        step = trainer.state.global_step
+        last = checkpoints.last_complete(self.run_dir)
+        if step == 0 or (last is not None and checkpoints.step_of(last) == step):
+            return
+        trainer.model.zero_grad(set_to_none=True)
+        model_loading.free_memory()
+        try:
+            trainer.save_checkpoint_now()
+            log.info("Run %s: checkpointed step %d after running out of memory", self.run_id, step)
+        except Exception as err:  # noqa: BLE001 - out of memory again while saving: the last checkpoint stands
+            log.warning("Could not checkpoint step %d after running out of memory: %s", step, err)
+            checkpoints.remove_incomplete(self.run_dir)
 
     def _oom_hook(self, step: int) -> None:
         """Test-only: raise OOM once at config._inject_oom_at_step (see TrainConfig)."""

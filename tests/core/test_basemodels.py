@@ -135,3 +135,50 @@ def test_download_with_no_network_reachable_fails_fast(studio_home):
     assert "refused: Could not download lora-studio-tests/no-such-model" in result.stdout, result.stderr
     assert time.monotonic() - started < 60
     assert not any(studio_home.models.iterdir())
+
+
+class FakeHub:
+    """The two huggingface_hub calls a download makes, serving a model folder from disk (no hub is
+    reachable from our machines); `fail_after` files it raises as a dropped connection would."""
+
+    def __init__(self, source: Path, fail_after: int | None = None) -> None:
+        self.source, self.fail_after = source, fail_after
+
+    def model_info(self, repo_id, timeout=None):
+        return {"id": repo_id}
+
+    def snapshot_download(self, repo_id, *, local_dir, tqdm_class, allow_patterns, **_):
+        files = sorted(p for p in self.source.iterdir() if p.is_file())
+        bar = tqdm_class(total=len(files))
+        (Path(local_dir) / ".cache").mkdir()
+        for index, file in enumerate(files):
+            if self.fail_after is not None and index == self.fail_after:
+                raise OSError("Connection reset by peer")
+            shutil.copy(file, Path(local_dir) / file.name)
+            bar.update(1)
+        bar.close()
+        return str(local_dir)
+
+
+def test_a_download_lands_whole_with_progress_or_not_at_all(studio_home, tiny_base_dir, monkeypatch):
+    import huggingface_hub
+
+    dropped = FakeHub(tiny_base_dir, fail_after=2)
+    monkeypatch.setattr(huggingface_hub, "model_info", dropped.model_info)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", dropped.snapshot_download)
+    with pytest.raises(StudioError, match="not reachable"):
+        download_base_model("someone/tiny-chat", studio_home)
+    assert list(studio_home.models.iterdir()) == []  # no half model, nothing listed
+
+    whole = FakeHub(tiny_base_dir)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", whole.snapshot_download)
+    messages: list[str] = []
+    info = download_base_model("someone/tiny-chat", studio_home, progress=messages.append)
+    files = len([p for p in tiny_base_dir.iterdir() if p.is_file()])
+    assert f"Downloading someone/tiny-chat: {files} of {files} files" in messages
+    assert messages[-1] == "Downloaded someone/tiny-chat."
+    assert info.path == studio_home.models / "someone--tiny-chat" and info.fingerprint
+    assert [p.name for p in studio_home.models.iterdir()] == ["someone--tiny-chat"]
+    assert not (info.path / ".cache").exists()
+    assert resolve_base_model(studio_home, "someone/tiny-chat").path == info.path
+    assert download_base_model("someone/tiny-chat", studio_home).path == info.path  # already there

@@ -256,16 +256,18 @@ def test_stop_leaves_a_checkpoint_and_resume_ends_at_the_same_step(math_folder, 
         train(TrainConfig(resume=stopped.run_id), studio_home)
 
 
-def test_oom_with_micro_batch_2_halves_it_and_finishes(math_folder, tiny_base_dir, studio_home):
-    config = tiny_config(math_folder, tiny_base_dir, checkpoint_every=2, sample_every=0, grad_accum=2,
+def test_oom_with_micro_batch_2_halves_it_and_goes_on_from_the_last_step(math_folder, tiny_base_dir, studio_home):
+    config = tiny_config(math_folder, tiny_base_dir, checkpoint_every=3, eval_every=3, sample_every=0, grad_accum=2,
                          _inject_oom_at_step=5)
     result, seen = train(config, studio_home)
     assert result.status == "finished" and result.step == 8
     (oom,) = of(seen, ev.OOMRecovered)
-    assert (oom.step, oom.new_micro_batch, oom.new_grad_accum) == (5, 1, 4)
+    assert (oom.step, oom.new_micro_batch, oom.new_grad_accum) == (5, 1, 4) and oom.message.endswith("from step 4.")
     starts = of(seen, ev.RunStarted)
     assert [(s.attempt, s.micro_batch_size, s.grad_accum) for s in starts] == [(1, 2, 2), (2, 1, 4)]
-    assert Path(starts[1].resumed_from).name == "checkpoint-4"
+    # Step 4 was saved as the error struck (the schedule's last checkpoint was step 3): no step is done twice.
+    assert Path(starts[1].resumed_from).name == "checkpoint-4" and starts[1].start_step == 4
+    assert [c.step for c in of(seen, ev.Checkpoint)][:2] == [3, 4]
     assert [s.step for s in of(seen, ev.Step)] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert of(seen, ev.Step)[-1].micro_batch_size == 1
     assert json.loads((result.run_dir / "config.json").read_text())["micro_batch_size"] == 1
@@ -287,10 +289,11 @@ def test_oom_at_micro_batch_1_fails_cleanly_and_frees_the_model(math_folder, tin
         return model
 
     monkeypatch.setattr(model_loading, "load_base_for_training", tracking_loader)
-    config = tiny_config(math_folder, tiny_base_dir, micro_batch_size=1, checkpoint_every=2, sample_every=0,
-                         _inject_oom_at_step=5)
+    config = tiny_config(math_folder, tiny_base_dir, micro_batch_size=1, checkpoint_every=3, eval_every=3,
+                         sample_every=0, _inject_oom_at_step=5)
     failed, seen = train(config, studio_home)
     assert failed.status == "failed" and isinstance(seen[-1], ev.Failed)
+    # the last completed step was checkpointed as the error struck (the schedule's last one was step 3)
     assert "Out of memory" in seen[-1].message and "seq_len" in seen[-1].hint
     assert Path(seen[-1].checkpoint).name == "checkpoint-4" and checkpoints.is_complete(seen[-1].checkpoint)
     assert AdapterLibrary(studio_home).list() == []
