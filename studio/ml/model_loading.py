@@ -266,6 +266,16 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
+def is_oom(err: BaseException) -> bool:
+    """Out of memory on the GPU (torch.OutOfMemoryError) or in RAM (a CPU allocator's RuntimeError)."""
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 def free_memory() -> None:
     """Collect garbage and hand cached GPU memory back (callers `del` their references first)."""
     gc.collect()

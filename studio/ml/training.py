@@ -90,15 +90,6 @@ def resolve_base(data: DataDir, base: str, progress: Callable[[float, str], None
     return info, (str(info.path) if info.source == "folder" else info.id)
 
 
-def is_oom(err: BaseException) -> bool:
-    import torch
-
-    if isinstance(err, torch.OutOfMemoryError):
-        return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
 def run_training(config: TrainConfig, data: DataDir, on_event: Callable[[Event], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> RunResult:
     """Train an adapter as `config` says and put it in the library.
@@ -165,7 +156,7 @@ class _Run:
                 except BaseException as err:  # noqa: BLE001 - sorted below; only strings outlive the except
                     if isinstance(err, KeyboardInterrupt):
                         outcome = ("interrupt", "Training was interrupted.", "")
-                    elif is_oom(err):
+                    elif model_loading.is_oom(err):
                         outcome = ("oom", str(err).splitlines()[0][:200] if str(err) else "out of memory", "")
                     elif isinstance(err, StudioError):
                         outcome = ("error", err.message, err.hint)
@@ -311,7 +302,7 @@ class _Run:
             try:
                 trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             except BaseException as err:
-                if is_oom(err):
+                if model_loading.is_oom(err):
                     self._checkpoint_after_oom(trainer)
                 raise
             self.phase = "finishing"
@@ -343,7 +334,7 @@ class _Run:
         try:
             return load(self.base_info.path, self.quant, self.device, **kwargs)
         except Exception as err:
-            if self.quant == "none" or is_oom(err):
+            if self.quant == "none" or model_loading.is_oom(err):
                 raise
             self.emit(Warning(step=0, message=(
                 f"{self.quant} quantization does not work on this {self.device.kind} ({type(err).__name__}: "
