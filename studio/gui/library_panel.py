@@ -69,10 +69,12 @@ class LibraryPanel(QWidget):
         self.delete_button.setShortcut("Del")
         refresh_button = QPushButton("Refresh")
         refresh_button.clicked.connect(self.refresh)
+        self.trash_button = QPushButton("Trash…", toolTip="Deleted adapters, restorable until the trash is emptied")
+        self.trash_button.clicked.connect(self.open_trash)
 
         toolbar = QHBoxLayout()
         toolbar.addWidget(self.filter_edit, 1)
-        for button in (import_button, self.export_button, self.delete_button, refresh_button):
+        for button in (import_button, self.export_button, self.delete_button, self.trash_button, refresh_button):
             toolbar.addWidget(button)
 
         self.table = QTableWidget(0, len(COLUMNS))
@@ -238,6 +240,21 @@ class LibraryPanel(QWidget):
                 return
             self.pending_select = entry.id
             self.refresh()
+
+    def open_trash(self):
+        """The trash as a dialog (returned for tests); a restored adapter is selected in the list."""
+        from studio.gui.trash_dialog import TrashDialog
+
+        dialog = TrashDialog(self.library, self)
+        dialog.restored.connect(self._restored)
+        dialog.open()
+        return dialog
+
+    def _restored(self, adapter_id: str) -> None:
+        self.undo_bar.setVisible(False)
+        self.last_trash_id = None
+        self.pending_select = adapter_id
+        self.refresh()
 
     def _show_error(self, err: BaseException, details: str) -> None:
         show_error(self, err, details)

@@ -114,6 +114,39 @@ def test_delete_then_undo_restores_the_adapter(qtbot, studio_home, library_with_
     panel.shutdown()
 
 
+def test_the_trash_lists_deleted_adapters_restores_and_empties(qtbot, studio_home, library_with_adapter, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    library, entry, adapter = library_with_adapter
+    second = library.import_path(adapter, name="sea shanty voice")
+    panel = make_panel(qtbot, studio_home)
+    for adapter_id in (entry.id, second.id):
+        panel.select(adapter_id)
+        with qtbot.waitSignal(panel.refreshed, timeout=10_000):
+            panel.delete_selected()
+    assert library.list() == []
+
+    dialog = panel.open_trash()
+    qtbot.addWidget(dialog)
+    names = [dialog.table.item(row, 0).text() for row in range(dialog.table.rowCount())]
+    assert sorted(names) == ["pirate-voice", "sea shanty voice"] and dialog.summary.text().startswith("2 adapter(s)")
+    dialog.table.selectRow(names.index("pirate-voice"))
+    with qtbot.waitSignal(panel.refreshed, timeout=10_000) as blocker:
+        qtbot.mouseClick(dialog.restore_button, Qt.MouseButton.LeftButton)
+    assert blocker.args == [1] and [e.id for e in library.list()] == [entry.id] and panel.selected_id() == entry.id
+    assert dialog.table.rowCount() == 1 and panel.undo_bar.isHidden()
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.StandardButton.No)
+    dialog.ask_empty()
+    assert len(library.trash()) == 1  # asked, and the answer was no
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.StandardButton.Yes)
+    dialog.ask_empty()
+    assert library.trash() == [] and dialog.summary.text() == "The trash is empty."
+    assert not dialog.restore_button.isEnabled() and not dialog.empty_button.isEnabled()
+    dialog.grab().save(str(studio_home.root / "trash.png"))
+    panel.shutdown()
+
+
 def test_dropping_a_folder_imports_it(qtbot, studio_home, tiny_base_dir, tmp_path):
     shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
     adapter = make_tiny_adapter(tiny_base_dir, tmp_path / "dropped-adapter")
