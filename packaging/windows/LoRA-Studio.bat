@@ -16,7 +16,7 @@ if not defined PY (
 %PY% launch.py --detach %*
 if errorlevel 1 (
     echo.
-    echo The set-up did not finish. Read the message above, fix it, and double-click this file again:
+    echo LoRA Studio did not set up or start. Read the message above, fix it, and double-click this file again:
     echo it continues where it stopped.
     pause
     exit /b 1
