@@ -1,4 +1,4 @@
-"""Render the studio's Train screens offscreen with real content and save them as PNGs for the README.
+"""Render studio screens offscreen with real content and save them as PNGs for the README.
 
     .venv/bin/python scripts/take_screenshots.py                  # every screen, into docs/screenshots/
     .venv/bin/python scripts/take_screenshots.py --only run_browser --out /tmp/shots
@@ -214,6 +214,53 @@ def run_browser(shot: Shot) -> None:
 
 
 # ---------------------------------------------------------------- set-up
+
+@screen("welcome")
+def welcome(shot: Shot) -> None:
+    """The first start: the machine report, the default model, the route to a bigger base."""
+    from studio.gui.main_window import WELCOME_DONE_KEY, MainWindow
+
+    QSettings().setValue(WELCOME_DONE_KEY, False)
+    window = shot.show(MainWindow(shot.data))
+    page = window.welcome
+    shot.wait(lambda: window.device_kind != "" and "…" not in page.machine_label.text(), "the machine report")
+    shot.save(window, "welcome")
+    window.close_welcome()
+    shot.close(window)
+
+
+@screen("trash_and_error")
+def trash_and_error(shot: Shot) -> None:
+    """The trash dialog with a deleted adapter, and the error box a broken import gets."""
+    from PySide6.QtWidgets import QMessageBox
+
+    from studio.core.library import AdapterLibrary
+    from studio.gui.library_panel import LibraryPanel
+    from tests.tiny_model import make_tiny_adapter
+
+    base_dir = shot.data.models / shot.base
+    library = AdapterLibrary(shot.data)
+    for name, seed in (("pirate voice", 1), ("sea shanty facts", 2)):
+        library.import_path(make_tiny_adapter(base_dir, shot.data.root / "made" / name, base_name=shot.base, seed=seed), name=name)
+    panel = shot.show(LibraryPanel(shot.data))
+    shot.wait(lambda: panel.table.rowCount() == 2, "the library")
+    panel.select(library.get("sea shanty facts").id)
+    panel.delete_selected()
+    shot.wait(lambda: panel.table.rowCount() == 1, "the delete")
+    dialog = panel.open_trash()
+    shot.save(dialog, "trash")
+    dialog.close()
+    broken = shot.data.root / "holiday-photos"
+    broken.mkdir()
+    (broken / "beach.jpg").write_bytes(b"\xff\xd8\xff")
+    panel.import_path(broken)
+    shot.wait(lambda: any(isinstance(w, QMessageBox) and w.isVisible() for w in shot.app.topLevelWidgets()),
+              "the error box")
+    box = next(w for w in shot.app.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible())
+    shot.save(box, "error_dialog")
+    box.close()
+    shot.close(panel)
+
 
 def prepare_base(data, choice: str, user_home: Path) -> str:
     """Put the base model in the temporary data directory; returns its id."""
