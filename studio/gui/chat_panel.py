@@ -283,7 +283,7 @@ class ChatPanel(ComparisonMixin, QWidget):
         if isinstance(event, PaneEvent) and event.pane < len(self.panes):
             self._pane_event(self.panes[event.pane], event.pane, event.event)
         elif isinstance(event, EngineLoading):
-            self.status.setText(f"Loading {event.base}…")
+            self.status.setText(event.message or f"Loading {event.base}…")
         elif isinstance(event, EngineReady):
             self.bases[event.base] = event.fingerprint
             self.prompt_sets.set_base_key(event.fingerprint)

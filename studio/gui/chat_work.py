@@ -53,6 +53,7 @@ class PaneBinding:
 @dataclass(frozen=True)
 class EngineLoading:
     base: str
+    message: str = ""  # what the load is doing now, when there is more to say than "loading"
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,19 @@ class ChatWork:
         self.engine_base: str | None = None
         self.stop = threading.Event()
 
-    def base_folder(self, base_id: str) -> Path:
+    def base_folder(self, base_id: str, emit: Emit | None = None) -> Path:
         folder = self.data.models / base_id.replace("/", "--")
         if folder.is_dir():
             return folder
         if base_id == DEFAULT_BASE_ID:
             from studio.ml.default_model import ensure_default_model
 
-            return ensure_default_model(self.data)
+            def converting(fraction: float, message: str) -> None:
+                if emit is not None:
+                    emit(EngineLoading(base_id, f"Preparing the default model (first use only, {fraction:.0%}): "
+                                                f"{message}"))
+
+            return ensure_default_model(self.data, progress=converting)
         from studio.core.basemodels import resolve_base_model
 
         return resolve_base_model(self.data, base_id).path
@@ -115,7 +121,7 @@ class ChatWork:
 
         emit(EngineLoading(base_id))
         started = time.perf_counter()
-        folder = self.base_folder(base_id)
+        folder = self.base_folder(base_id, emit)
         self.engine = ChatEngine(folder, quant=self.quant, library=AdapterLibrary(self.data))
         self.engine_base = base_id
         e = self.engine

@@ -249,3 +249,20 @@ def test_stop_all_and_shutdown_end_generation(qtbot, panel, library):
     panel.shutdown()  # stops the answers, waits for the worker, frees the model
     assert panel.work.engine is None
     qtbot.waitUntil(lambda: not panel.busy(), timeout=60_000)
+
+
+def test_the_default_models_first_conversion_shows_its_progress(studio_home, tiny_base_dir, monkeypatch):
+    """The first chat with the default base converts it (~20 s): the status line says so as it goes."""
+    from studio.core.basemodels import DEFAULT_BASE_ID
+    from studio.gui.chat_work import ChatWork, EngineLoading
+    from studio.ml import default_model
+
+    def convert(data, progress=None):  # the conversion itself: tests/e2e/test_default_model.py
+        progress(0.25, "Dequantizing the weights…")
+        return tiny_base_dir
+
+    monkeypatch.setattr(default_model, "ensure_default_model", convert)
+    seen: list = []
+    assert ChatWork(studio_home).base_folder(DEFAULT_BASE_ID, seen.append) == tiny_base_dir
+    assert seen == [EngineLoading(DEFAULT_BASE_ID, "Preparing the default model (first use only, 25%): "
+                                                   "Dequantizing the weights…")]
