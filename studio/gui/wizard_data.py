@@ -54,13 +54,19 @@ class RenderedSample:
 
 
 def render_samples(data: DataDir, base: str, samples: list, seq_len: int = 1024,
-                   limit: int = MAX_RENDERED) -> list[RenderedSample]:
-    """Worker: load the base tokenizer and render the first `limit` samples with their labels."""
+                   limit: int = MAX_RENDERED, emit=None) -> list[RenderedSample]:
+    """Worker: load the base tokenizer and render the first `limit` samples with their labels.
+
+    `emit(text)` hears about the default model's first conversion, which this may have to do."""
     from studio.core.dataset.tokenize import ChatRenderer
     from studio.ml.model_loading import load_tokenizer
     from studio.ml.training import resolve_base
 
-    info, _ = resolve_base(data, base)
+    def converting(fraction: float, message: str) -> None:
+        if emit is not None:
+            emit(f"Preparing the default model (first use only, {fraction:.0%}): {message}")
+
+    info, _ = resolve_base(data, base, converting)
     tokenizer = load_tokenizer(info.path)
     renderer = ChatRenderer(tokenizer)
     out: list[RenderedSample] = []
@@ -304,7 +310,8 @@ class DataPage(QWizardPage):
         base = self.base()
         samples = list(self.scan.samples)
         self.sample_label.setText(f"Loading the tokenizer of {base}…")
-        start_job(lambda emit: render_samples(self.data, base, samples), parent=self,
+        start_job(lambda emit: render_samples(self.data, base, samples, emit=emit), parent=self,
+                  on_event=lambda text: generation == self._generation and self.sample_label.setText(text),
                   on_done=lambda rendered: self._rendered(generation, rendered),
                   on_error=lambda err, details: self._render_failed(generation, err))
 

@@ -185,3 +185,18 @@ def test_the_chosen_settings_come_back_as_a_train_config(qtbot, make_wizard, dat
     assert review["Early stopping"] == "after 3 evaluations without a better eval loss"
     assert review["Probe prompts"] == "2 of yours"
     qtbot.waitUntil(lambda: not wizard.data_page.rendering, timeout=30_000)
+
+
+def test_the_sample_browser_reports_the_default_models_first_conversion(studio_home, tiny_base_dir, monkeypatch):
+    from studio.core.basemodels import DEFAULT_BASE_ID
+    from studio.gui.wizard_data import render_samples
+    from studio.ml import default_model
+
+    def convert(data, progress=None):  # the conversion itself: tests/e2e/test_default_model.py
+        progress(0.5, "Dequantizing the weights…")
+        return tiny_base_dir
+
+    monkeypatch.setattr(default_model, "ensure_default_model", convert)
+    heard: list[str] = []
+    assert render_samples(studio_home, DEFAULT_BASE_ID, [], emit=heard.append) == []
+    assert heard == ["Preparing the default model (first use only, 50%): Dequantizing the weights…"]
