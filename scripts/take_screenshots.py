@@ -262,6 +262,16 @@ def trash_and_error(shot: Shot) -> None:
     shot.close(panel)
 
 
+@screen("settings_dialog")
+def settings_dialog(shot: Shot) -> None:
+    from studio.gui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog()
+    dialog.show()
+    shot.save(dialog, "settings_dialog")
+    dialog.close()
+
+
 def prepare_base(data, choice: str, user_home: Path) -> str:
     """Put the base model in the temporary data directory; returns its id."""
     from studio.core.basemodels import DEFAULT_BASE_ID

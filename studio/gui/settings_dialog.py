@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.basemodels import DEFAULT_BASE_ID
+from studio.core.paths import default_home
 
 THEME_KEY = "ui/theme"
 DATA_DIR_KEY = "ui/data_dir"
@@ -62,7 +63,8 @@ class SettingsDialog(QDialog):
         self.setWindowTitle("Settings")
         self.settings = QSettings()
         self.data_dir_edit = QLineEdit(self.settings.value(DATA_DIR_KEY, "", type=str))
-        self.data_dir_edit.setPlaceholderText("default: the platform's user data folder")
+        self.data_dir_edit.setPlaceholderText(f"default: {default_home()}")
+        self.setMinimumWidth(640)  # room for a whole path
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
         row = QHBoxLayout()
