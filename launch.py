@@ -18,6 +18,7 @@ is repaired by simply running this again. Standard library only: it runs before 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -54,6 +55,7 @@ def venv_python() -> Path:
     return VENV / "bin" / "python"
 
 
+@functools.lru_cache(maxsize=1)
 def has_nvidia_gpu() -> bool:
     if os.environ.get("LORA_STUDIO_FORCE_CPU") or os.environ.get("CI"):
         return False
@@ -151,9 +153,17 @@ def main(argv: list[str]) -> int:
     if terminal is not None and not is_installed(wanted_state("cuda" if has_nvidia_gpu() else "cpu")):
         # A first run from the desktop: install where the user can watch, then start the window.
         env = dict(os.environ, **{IN_TERMINAL_ENV: "1"})
-        subprocess.Popen([*terminal, sys.executable, str(Path(__file__).resolve()), "--detach"], env=env,
-                         start_new_session=True)
-        return 0
+        try:
+            opened = subprocess.Popen([*terminal, sys.executable, str(Path(__file__).resolve()), "--detach"],
+                                      env=env, start_new_session=True)
+            opened.wait(timeout=1.0)  # most terminal programs stay up; one that ended at once failed
+        except subprocess.TimeoutExpired:
+            return 0
+        except OSError:
+            opened = None
+        if opened is not None and opened.returncode == 0:
+            return 0  # a terminal server (gnome-terminal) hands the window over and exits
+        say(f"Could not open a terminal with {terminal[0]}; setting up here instead.")
     python = ensure_installed()
     if argv and argv[0] == "test":
         env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
@@ -199,5 +209,19 @@ def start_detached(python: Path, argv: list[str]) -> int:
     return code
 
 
+def main_in_terminal(argv: list[str]) -> int:
+    """main() in the terminal a double-click opened: any failure stays on screen until read."""
+    try:
+        return main(argv)
+    except (Exception, KeyboardInterrupt):
+        import traceback
+
+        traceback.print_exc()
+        say("The set-up stopped with the error above. Fix it, then start LoRA Studio again:")
+        say("it continues where it stopped.")
+        input("Press Enter to close this window.")
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main_in_terminal(sys.argv[1:]) if os.environ.get(IN_TERMINAL_ENV) else main(sys.argv[1:]))

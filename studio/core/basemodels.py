@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,8 +239,9 @@ def download_base_model(repo_id: str, data: DataDir,
                         progress: Callable[[str], None] | None = None) -> BaseModelInfo:
     """Download a hub model (safetensors only) into the data directory, failing fast offline.
 
-    The files land in a hidden folder beside the others and move into place only once the whole
-    model is there and validates, so a failed or cancelled download leaves no half model behind.
+    The files land in a hidden `.download-<name>` folder beside the others (listings skip it) and
+    move into place only once the whole model is there and validates, so no half model is ever
+    listed; a broken download leaves that folder, and the next attempt resumes where it stopped.
     A model already downloaded is returned as it is."""
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -251,34 +251,41 @@ def download_base_model(repo_id: str, data: DataDir,
         return inspect_base_model(target, model_id=repo_id, source="studio")
     report = progress or (lambda message: log.info("%s", message))
     report(f"Downloading {repo_id} from the Hugging Face Hub…")
-    data.models.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".download-{target.name}-", dir=data.models))
+    partial = data.models / f".download-{target.name}"
     try:
-        try:
-            huggingface_hub.model_info(repo_id, timeout=10)
-            huggingface_hub.snapshot_download(
-                repo_id, local_dir=partial, tqdm_class=_files_progress(repo_id, report),
-                allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"],
-            )
-        except (OSError, HfHubHTTPError, LocalEntryNotFoundError) as err:
-            raise StudioError(f"Could not download {repo_id}: the Hugging Face Hub is not reachable "
-                              f"({type(err).__name__}).",
-                              hint="Check your internet connection, or pick a model already on disk.") from err
-        except Exception as err:  # the hub client raises its HTTP library's own errors offline
-            raise StudioError(f"Could not download {repo_id}: the Hugging Face Hub did not answer ({err}).",
-                              hint="Check the model id and your internet connection, or pick a model "
-                                   "already on disk.") from err
-        shutil.rmtree(partial / ".cache", ignore_errors=True)  # the hub client's download bookkeeping
+        huggingface_hub.model_info(repo_id, timeout=10)  # offline or unknown: fail before anything is written
+        partial.mkdir(parents=True, exist_ok=True)
+        huggingface_hub.snapshot_download(
+            repo_id, local_dir=partial, tqdm_class=_files_progress(repo_id, report),
+            allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"],
+        )
+    except (OSError, HfHubHTTPError, LocalEntryNotFoundError) as err:
+        raise StudioError(f"Could not download {repo_id}: the Hugging Face Hub is not reachable "
+                          f"({type(err).__name__}).",
+                          hint="Check your internet connection, or pick a model already on disk. Downloading "
+                               "again resumes where this stopped.") from err
+    except Exception as err:  # the hub client raises its HTTP library's own errors offline
+        raise StudioError(f"Could not download {repo_id}: the Hugging Face Hub did not answer ({err}).",
+                          hint="Check the model id and your internet connection, or pick a model "
+                               "already on disk.") from err
+    try:
         inspect_base_model(partial, model_id=repo_id, source="studio")  # refuse a repo that is not a model
+    except StudioError:
+        shutil.rmtree(partial, ignore_errors=True)  # complete, but not a model: nothing to resume
+        raise
+    shutil.rmtree(partial / ".cache", ignore_errors=True)  # the hub client's download bookkeeping
+    try:
         os.replace(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    except OSError as err:  # e.g. a virus scanner holding a new file on Windows: the download is kept
+        raise StudioError(f"Downloaded {repo_id}, but could not move it into place: {err}.",
+                          hint="Try again in a moment: the files are kept and nothing is downloaded twice.") from err
     report(f"Downloaded {repo_id}.")
     return inspect_base_model(target, model_id=repo_id, source="studio")
 
 
 def _files_progress(repo_id: str, report: Callable[[str], None]):
-    """A tqdm class for snapshot_download's per-file bar that reports "k of n files" as messages."""
+    """A tqdm class for snapshot_download: its files bar reports "k of n files" as messages (the hub
+    client also makes its byte bars from this class; those stay quiet)."""
     from tqdm.auto import tqdm
 
     class FilesProgress(tqdm):
@@ -288,7 +295,8 @@ def _files_progress(repo_id: str, report: Callable[[str], None]):
 
         def update(self, n: float | None = 1) -> bool | None:
             shown = super().update(n)
-            report(f"Downloading {repo_id}: {int(self.n)} of {self.total} files")
+            if self.unit != "B":  # the files bar; the hub client's per-file byte bars would flood
+                report(f"Downloading {repo_id}: {int(self.n)} of {self.total} files")
             return shown
 
     return FilesProgress

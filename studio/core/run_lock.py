@@ -24,6 +24,7 @@ from pathlib import Path
 import filelock
 import psutil
 
+from studio.core import atomic
 from studio.core.errors import StudioError
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,13 @@ def holder(run_dir: Path | str) -> RunHolder | None:
 
 
 def acquire(run_dir: Path | str) -> None:
-    """Take the run for this process; StudioError if another live process is training it."""
+    """Take the run for this process; StudioError if another trainer (another process, or another run
+    in this one) is training it."""
     run_dir = _key(run_dir)
+    busy_hint = "Wait for it to finish, or stop it from the window or terminal that started it."
     with _held_guard:
         if run_dir in _held:
-            return  # this process again (a retry after OOM)
+            raise StudioError(f"Run {run_dir.name!r} is being trained right now by this process.", hint=busy_hint)
         lock = _os_lock(run_dir, timeout=ACQUIRE_WAIT_S)
         try:
             lock.acquire()
@@ -99,12 +102,14 @@ def acquire(run_dir: Path | str) -> None:
             other = _read(run_dir)
             who = f" (pid {other.pid})" if other is not None else ""
             raise StudioError(f"Run {run_dir.name!r} is being trained right now by another process{who}.",
-                              hint="Wait for it to finish, or stop it from the window or terminal that started it."
-                              ) from None
+                              hint=busy_hint) from None
         _held[run_dir] = lock
     me = _me()
-    (run_dir / LOCK_NAME).write_text(json.dumps({"pid": me.pid, "host": me.host, "started": me.started}),
-                                     encoding="utf-8")
+    try:
+        atomic.write_json(run_dir / LOCK_NAME, {"pid": me.pid, "host": me.host, "started": me.started})
+    except BaseException:
+        release(run_dir)  # a lock nobody will release would hold the run until this process exits
+        raise
 
 
 def release(run_dir: Path | str) -> None:

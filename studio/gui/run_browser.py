@@ -53,6 +53,7 @@ class RunBrowser(QWidget):
         self.runs: list[RunSummary] | None = None  # None until the first listing arrives
         self._active_run: str | None = None  # the run the panel is training now
         self._loading = 0
+        self._saving = False  # a checkpoint is being saved as an adapter
 
         self.table = QTreeWidget()
         self.table.setHeaderLabels(COLUMNS)
@@ -199,7 +200,7 @@ class RunBrowser(QWidget):
         one = self.run(ids[0]) if len(ids) == 1 else None
         self.resume_button.setEnabled(one is not None and one.resumable and one.run_id != self._active_run)
         self.save_checkpoint_button.setEnabled(one is not None and one.run_id != self._active_run
-                                               and one.status != "running")
+                                               and one.status != "running" and not self._saving)
 
     def _resume(self) -> None:
         ids = self.selected_ids()
@@ -233,12 +234,14 @@ class RunBrowser(QWidget):
         if not ok:
             return
         step = choices[label]
-        self.save_checkpoint_button.setEnabled(False)
+        self._saving = True
+        self._update_resume()
         self.hint.setText(f"Saving step {step} of {run.name}…")
         start_job(lambda emit: save_checkpoint_as_adapter(self.data, run.run_id, step),
                   on_done=self._checkpoint_saved, on_error=self._checkpoint_failed, parent=self)
 
     def _checkpoint_saved(self, entry) -> None:
+        self._saving = False
         self.hint.setText(f"Saved as {entry.name!r} in the library.")
         self._update_resume()
         self.adapter_created.emit(entry.id)
@@ -246,6 +249,7 @@ class RunBrowser(QWidget):
     def _checkpoint_failed(self, err: BaseException, details: str) -> None:
         from studio.gui.error_dialog import show_error
 
+        self._saving = False
         self.hint.setText(f"Could not save the checkpoint: {getattr(err, 'message', err)}")
         self._update_resume()
         self.last_error = show_error(self, err, details)

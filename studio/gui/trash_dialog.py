@@ -45,6 +45,7 @@ class TrashDialog(QDialog):
         super().__init__(parent)
         self.library = library
         self.setWindowTitle("Trash")
+        self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.resize(560, 360)
         self.last_error = None  # the last error box, for tests
         self.table = QTableWidget(0, len(COLUMNS), editTriggers=QAbstractItemView.EditTrigger.NoEditTriggers,
@@ -111,5 +112,8 @@ class TrashDialog(QDialog):
         answer = QMessageBox.question(self, "Empty trash", f"Delete the {count} adapter(s) in the trash for good? "
                                       "This cannot be undone.")
         if answer == QMessageBox.StandardButton.Yes:
-            self.library.empty_trash()
+            try:
+                self.library.empty_trash()
+            except OSError as err:  # a file held open elsewhere: what could go is gone, the rest stays listed
+                self.last_error = show_error(self, err)
             self.refresh()

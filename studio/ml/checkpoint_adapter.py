@@ -107,8 +107,12 @@ def save_checkpoint_as_adapter(data: DataDir, run_id: str, step: int, name: str 
         "tags": [], "created": AdapterManifest(id="", name="").created})
     stage = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run_dir))
     try:
-        for file_name in checkpoints.ADAPTER_FILES:
-            shutil.copy2(folder / file_name, stage / file_name)
+        try:
+            for file_name in checkpoints.ADAPTER_FILES:
+                shutil.copy2(folder / file_name, stage / file_name)
+        except OSError as err:  # pruned by a trainer resuming the run meanwhile, say
+            raise StudioError(f"Could not copy checkpoint {step} of {run_id!r}: {err}.",
+                              hint="Pick another kept checkpoint (`lora-studio runs` lists them).") from err
         adapter_config["base_model_name_or_path"] = base_ref
         atomic.write_json(stage / "adapter_config.json", adapter_config)
         entry = library.add_new(stage, manifest, move=True)

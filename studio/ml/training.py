@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -107,17 +108,9 @@ class _Run:
         if config.resume:
             self.run_id = config.resume
             self.run_dir = data.runs / config.resume
-            stored = self.run_dir / CONFIG_NAME
-            if not stored.is_file():
+            if not (self.run_dir / CONFIG_NAME).is_file():
                 raise StudioError(f"There is no training run {config.resume!r} to resume.",
                                   hint=f"Runs are the folders in {data.runs}.")
-            if any(isinstance(e, Finished) for e in read_events(self.run_dir / METRICS_NAME)):
-                raise StudioError(f"Run {config.resume!r} already finished; its adapter is in the library.",
-                                  hint="Continue training that adapter on new data instead (parent adapter).")
-            import json
-
-            self.config = TrainConfig.from_dict(json.loads(stored.read_text(encoding="utf-8"))).validate()
-            self.config.resume = ""
         else:
             self.config = config.replace().validate()
             self.run_id = new_run_id(self.config.display_name())
@@ -126,12 +119,27 @@ class _Run:
             atomic.write_json(self.run_dir / CONFIG_NAME, self.config.to_dict())
         self.resuming = bool(config.resume)
         run_lock.acquire(self.run_dir)  # refuses a run another live process is training
-        self.emit = EventSink(self.run_dir / METRICS_NAME, on_event)
+        try:
+            if self.resuming:  # read under the lock: a run that finished a moment ago is not trained again
+                self.config = self._resumable_config()
+            self.emit = EventSink(self.run_dir / METRICS_NAME, on_event)
+        except BaseException:
+            run_lock.release(self.run_dir)  # run() and its finally will not happen
+            raise
         self.tracker = RunTracker()
         self.oom_injected = False
         self.max_steps = 0
         self.phase = "preparing"
         self.quant = self.config.quant  # what the base is actually loaded with (see _load_base)
+
+    def _resumable_config(self) -> TrainConfig:
+        import json
+
+        if any(isinstance(e, Finished) for e in read_events(self.run_dir / METRICS_NAME)):
+            raise StudioError(f"Run {self.run_id!r} already finished; its adapter is in the library.",
+                              hint="Continue training that adapter on new data instead (parent adapter).")
+        stored = TrainConfig.from_dict(json.loads((self.run_dir / CONFIG_NAME).read_text(encoding="utf-8")))
+        return stored.replace(resume="").validate()
 
     # ------------------------------------------------------------ the attempt loop
 
@@ -303,6 +311,8 @@ class _Run:
                 trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             except BaseException as err:
                 if model_loading.is_oom(err):
+                    # The failed step's activations live in the traceback's frames: let them go first.
+                    traceback.clear_frames(err.__traceback__)
                     self._checkpoint_after_oom(trainer)
                 raise
             self.phase = "finishing"

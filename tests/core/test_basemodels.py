@@ -150,11 +150,14 @@ class FakeHub:
     def snapshot_download(self, repo_id, *, local_dir, tqdm_class, allow_patterns, **_):
         files = sorted(p for p in self.source.iterdir() if p.is_file())
         bar = tqdm_class(total=len(files))
-        (Path(local_dir) / ".cache").mkdir()
+        (Path(local_dir) / ".cache").mkdir(exist_ok=True)
         for index, file in enumerate(files):
             if self.fail_after is not None and index == self.fail_after:
                 raise OSError("Connection reset by peer")
+            byte_bar = tqdm_class(total=file.stat().st_size, unit="B")  # the client's per-file bar, same class
             shutil.copy(file, Path(local_dir) / file.name)
+            byte_bar.update(file.stat().st_size)
+            byte_bar.close()
             bar.update(1)
         bar.close()
         return str(local_dir)
@@ -166,17 +169,19 @@ def test_a_download_lands_whole_with_progress_or_not_at_all(studio_home, tiny_ba
     dropped = FakeHub(tiny_base_dir, fail_after=2)
     monkeypatch.setattr(huggingface_hub, "model_info", dropped.model_info)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", dropped.snapshot_download)
-    with pytest.raises(StudioError, match="not reachable"):
+    with pytest.raises(StudioError, match="not reachable.*resumes"):
         download_base_model("someone/tiny-chat", studio_home)
-    assert list(studio_home.models.iterdir()) == []  # no half model, nothing listed
+    assert list_base_models(studio_home, include_hf_cache=False) == []  # no half model listed
+    assert [p.name for p in studio_home.models.iterdir()] == [".download-someone--tiny-chat"]  # kept to resume
 
     whole = FakeHub(tiny_base_dir)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", whole.snapshot_download)
     messages: list[str] = []
     info = download_base_model("someone/tiny-chat", studio_home, progress=messages.append)
     files = len([p for p in tiny_base_dir.iterdir() if p.is_file()])
-    assert f"Downloading someone/tiny-chat: {files} of {files} files" in messages
-    assert messages[-1] == "Downloaded someone/tiny-chat."
+    assert messages == ["Downloading someone/tiny-chat from the Hugging Face Hub…",
+                        *(f"Downloading someone/tiny-chat: {k} of {files} files" for k in range(1, files + 1)),
+                        "Downloaded someone/tiny-chat."]  # the byte bars stay quiet
     assert info.path == studio_home.models / "someone--tiny-chat" and info.fingerprint
     assert [p.name for p in studio_home.models.iterdir()] == ["someone--tiny-chat"]
     assert not (info.path / ".cache").exists()

@@ -21,7 +21,8 @@ def test_acquire_and_release_by_this_process(tmp_path: Path) -> None:
     assert run_lock.holder(tmp_path) is None
     run_lock.acquire(tmp_path)
     assert run_lock.holder(tmp_path).pid == os.getpid()
-    run_lock.acquire(tmp_path)  # this process again (a retry after OOM): allowed
+    with pytest.raises(StudioError, match="by this process"):  # a second trainer of the run in this process
+        run_lock.acquire(tmp_path)
     run_lock.release(tmp_path)
     assert not (tmp_path / run_lock.LOCK_NAME).exists() and run_lock.holder(tmp_path) is None
     run_lock.acquire(tmp_path)  # and it can be taken again
