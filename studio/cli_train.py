@@ -44,13 +44,11 @@ def cmd_estimate(args: argparse.Namespace, data: DataDir) -> Output:
     config = base_config(data, args.base)  # the config alone: nothing is loaded or converted
     targets = args.targets if args.targets in ("attention", "all-linear") else args.targets.split(",")
     device = detect_device(probe_bnb=False)
-    on_gpu = device.kind == "cuda"
-    result = estimate(EstimateRequest(
-        config=config, quant=args.quant, rank=args.rank, alpha=args.alpha or 2.0 * args.rank, targets=targets,
-        method=args.method, seq_len=args.seq_len, batch_size=args.batch_size,
-        gradient_checkpointing=not args.no_gradient_checkpointing, compute_dtype_bytes=2 if on_gpu else 4,
-        device="cuda" if on_gpu else "cpu"))
-    total = device.total_memory_bytes if on_gpu else None
+    result = estimate(EstimateRequest.on_device(
+        device.kind, config=config, quant=args.quant, rank=args.rank, alpha=args.alpha or 2.0 * args.rank,
+        targets=targets, method=args.method, seq_len=args.seq_len, batch_size=args.batch_size,
+        gradient_checkpointing=not args.no_gradient_checkpointing))
+    total = device.total_memory_bytes if device.kind == "cuda" else None
     body = result.to_dict()
     body["device"] = device.name
     body["verdict"] = verdict(result, total) if total else "no GPU: runs on the CPU"

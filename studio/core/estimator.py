@@ -54,6 +54,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from studio.core.errors import StudioError
 from studio.core.estimator_params import (
@@ -106,6 +107,13 @@ class EstimateRequest:
     upcast_non_quantized: bool = False  # prepare_model_for_kbit_training casts these to fp32
     save_dtype: str = "F32"  # dtype of the tensors in adapter_model.safetensors
     device: str = "cuda"  # "cuda" | "cpu": a CPU run has no CUDA context to pay for
+
+    @classmethod
+    def on_device(cls, device_kind: str, **fields: Any) -> EstimateRequest:
+        """A request for training on `device_kind` as the studio trains there: 16-bit compute on a CUDA
+        GPU; fp32 and no CUDA context anywhere else."""
+        on_gpu = device_kind == "cuda"
+        return cls(device="cuda" if on_gpu else "cpu", compute_dtype_bytes=2 if on_gpu else 4, **fields)
 
 
 @dataclass(frozen=True)

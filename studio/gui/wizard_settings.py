@@ -284,11 +284,9 @@ class SettingsPage(QWizardPage):
                       alpha=self.advanced.alpha.value(), targets=self.advanced.target_value(), method=method,
                       seq_len=self.advanced.seq_len.value(), batch_size=self.advanced.micro_batch.value(),
                       gradient_checkpointing=self.advanced.gradient_checkpointing.isChecked(),
-                      lora_dropout=self.advanced.dropout.value(),
-                      compute_dtype_bytes=2 if self.device.kind == "cuda" else 4,
-                      device="cuda" if self.device.kind == "cuda" else "cpu")
+                      lora_dropout=self.advanced.dropout.value())
         values.update(overrides)
-        return EstimateRequest(**values)
+        return EstimateRequest.on_device(self.device.kind, **values)
 
     def update_estimate(self, *_args) -> None:
         """Re-estimate now (synchronously: it is pure arithmetic) and redraw the panel."""

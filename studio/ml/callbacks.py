@@ -94,6 +94,9 @@ class RunTracker:
     tokens_trained: int = 0  # over every attempt of this run, in this process
     train_seconds: float = 0.0
 
+    def tokens_per_second(self) -> float:
+        return self.tokens_trained / self.train_seconds if self.train_seconds > 0 else 0.0
+
 
 class StudioCallback(TrainerCallback):
     def __init__(self, *, emit: Callable[[Event], None], tracker: RunTracker, should_stop: Callable[[], bool],

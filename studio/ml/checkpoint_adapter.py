@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.core import atomic
+from studio.core.adapters import method_of, target_list
 from studio.core.errors import StudioError
 from studio.core.events import Eval, Finished, Step, read_events
 from studio.core.library import AdapterEntry, AdapterLibrary
@@ -27,6 +28,22 @@ from studio.core.train_config import TrainConfig
 from studio.ml import checkpoints
 
 log = logging.getLogger(__name__)
+
+
+def add_checkpoint_to_library(library: AdapterLibrary, checkpoint: Path, manifest: AdapterManifest, base_ref: str,
+                              scratch_dir: Path) -> AdapterEntry:
+    """A checkpoint's peft files, naming the base portably (`base_ref`: a studio or hub id, or the base's
+    folder), added to the library under `manifest`. The finished run's best adapter goes in this way too."""
+    stage = Path(tempfile.mkdtemp(prefix=".adapter-", dir=scratch_dir))
+    try:
+        for file_name in checkpoints.ADAPTER_FILES:
+            shutil.copy2(checkpoint / file_name, stage / file_name)
+        adapter_config = json.loads((stage / "adapter_config.json").read_text(encoding="utf-8"))
+        adapter_config["base_model_name_or_path"] = base_ref
+        atomic.write_json(stage / "adapter_config.json", adapter_config)
+        return library.add_new(stage, manifest, move=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def kept_steps(run_dir: Path) -> list[int]:
@@ -95,28 +112,18 @@ def save_checkpoint_as_adapter(data: DataDir, run_id: str, step: int, name: str 
     library = AdapterLibrary(data)
     template, base_ref = _template(data, run_id, config, _finished_adapter(library, events))
     adapter_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    targets = adapter_config.get("target_modules") or []
-    targets = sorted(targets) if isinstance(targets, list) else [str(targets)]
-    method = "dora" if adapter_config.get("use_dora") else "rslora" if adapter_config.get("use_rslora") else "lora"
     manifest = AdapterManifest.from_dict({
         **template.to_dict(), "id": "", "name": name.strip() or f"{config.display_name()} step {step}",
-        "method": method, "rank": int(adapter_config.get("r", 0)), "alpha": float(adapter_config.get("lora_alpha", 0)),
-        "target_modules": targets, "metrics": _step_metrics(events, step, checkpoints.read_marker(folder) or {}),
+        "method": method_of(adapter_config), "rank": int(adapter_config.get("r", 0)),
+        "alpha": float(adapter_config.get("lora_alpha", 0)), "target_modules": target_list(adapter_config),
+        "metrics": _step_metrics(events, step, checkpoints.read_marker(folder) or {}),
         "lineage": {"parents": list(template.lineage.parents),
                     "recipe": {"kind": "checkpoint", "run_id": run_id, "step": step}},
         "tags": [], "created": AdapterManifest(id="", name="").created})
-    stage = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run_dir))
     try:
-        try:
-            for file_name in checkpoints.ADAPTER_FILES:
-                shutil.copy2(folder / file_name, stage / file_name)
-        except OSError as err:  # pruned by a trainer resuming the run meanwhile, say
-            raise StudioError(f"Could not copy checkpoint {step} of {run_id!r}: {err}.",
-                              hint="Pick another kept checkpoint (`lora-studio runs` lists them).") from err
-        adapter_config["base_model_name_or_path"] = base_ref
-        atomic.write_json(stage / "adapter_config.json", adapter_config)
-        entry = library.add_new(stage, manifest, move=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        entry = add_checkpoint_to_library(library, folder, manifest, base_ref, run_dir)
+    except OSError as err:  # pruned by a trainer resuming the run meanwhile, say
+        raise StudioError(f"Could not copy checkpoint {step} of {run_id!r}: {err}.",
+                          hint="Pick another kept checkpoint (`lora-studio runs` lists them).") from err
     log.info("Run %s: checkpoint %d saved as adapter %s", run_id, step, entry.id)
     return entry

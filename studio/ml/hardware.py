@@ -197,10 +197,9 @@ def ladder(device: DeviceInfo, estimator: Callable[[EstimateRequest], Estimate] 
     quant = "4bit" if device.bnb_4bit_works else "none"
     rows = []
     for name, config in KNOWN_MODELS.items():
-        est = estimator(EstimateRequest(config=config, quant=quant, rank=SUMMARY_RANK, alpha=2 * SUMMARY_RANK,
-                                        targets="all-linear", seq_len=seq_len, batch_size=1,
-                                        gradient_checkpointing=True,
-                                        device="cuda" if device.kind == "cuda" else "cpu"))
+        est = estimator(EstimateRequest.on_device(device.kind, config=config, quant=quant, rank=SUMMARY_RANK,
+                                                  alpha=2 * SUMMARY_RANK, targets="all-linear", seq_len=seq_len,
+                                                  batch_size=1, gradient_checkpointing=True))
         rows.append({"model": name, "parameters": est.total_params, "quant": quant,
                      "predicted_peak_bytes": est.predicted_peak_bytes,
                      "verdict": verdict(est, device.total_memory_bytes)})

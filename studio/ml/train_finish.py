@@ -9,18 +9,15 @@ Knows nothing about the training loop or events beyond the Finished it returns.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from studio.core import atomic
 from studio.core.events import Finished
 from studio.core.library import AdapterEntry, AdapterLibrary
 from studio.core.manifest import AdapterManifest, Lineage
 from studio.ml import checkpoints, model_loading
+from studio.ml.checkpoint_adapter import add_checkpoint_to_library
 from studio.ml.trainer import optimizer_name
 
 if TYPE_CHECKING:
@@ -92,7 +89,7 @@ def publish_adapter(*, model, tokenizer, run: _Run, tokens_seen: int, duration_s
     method = "dora" if peft_config.use_dora else "rslora" if peft_config.use_rslora else "lora"
     snapshot = memory_snapshot(run.device.kind if run.device.kind in ("cuda", "mps") else "cpu")
     peak = max(tracker.peak_memory, snapshot.peak_bytes)
-    tps = tracker.tokens_trained / tracker.train_seconds if tracker.train_seconds else 0.0
+    tps = tracker.tokens_per_second()
     best_marker = checkpoints.read_marker(best) or {}
     eval_loss = best_marker.get("eval_loss") if best_marker.get("eval_loss") is not None else tracker.best_eval
     metrics = {
@@ -110,16 +107,7 @@ def publish_adapter(*, model, tokenizer, run: _Run, tokens_seen: int, duration_s
         dataset=dataset_summary(run), metrics=metrics, lineage=Lineage(parents=parents, recipe=recipe),
         notes=run.config.notes, source="trained",
         chat_template_sha256=model_loading.chat_template_sha256(tokenizer))
-    stage = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run.run_dir))
-    try:
-        for name in checkpoints.ADAPTER_FILES:
-            shutil.copy2(best / name, stage / name)
-        adapter_config = json.loads((stage / "adapter_config.json").read_text(encoding="utf-8"))
-        adapter_config["base_model_name_or_path"] = run.base_ref  # a studio / hub id, or the base's folder
-        atomic.write_json(stage / "adapter_config.json", adapter_config)
-        entry = AdapterLibrary(run.data).add_new(stage, manifest, move=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    entry = add_checkpoint_to_library(AdapterLibrary(run.data), best, manifest, run.base_ref, run.run_dir)
     log.info("Run %s: adapter %s from %s", run.run_id, entry.id, best.name)
     finished = Finished(adapter_id=entry.id, path=str(entry.path), final_loss=tracker.last_loss, eval_loss=eval_loss,
                         tokens_seen=tokens_seen, tokens_per_second=round(tps, 2), peak_memory=int(peak),

@@ -195,9 +195,9 @@ class _Run:
 
     def _result(self, status: str, **extra: Any) -> RunResult:
         tracker = self.tracker
-        speed = tracker.tokens_trained / tracker.train_seconds if tracker.train_seconds > 0 else 0.0
         fields: dict[str, Any] = dict(step=tracker.step, max_steps=self.max_steps, final_loss=tracker.last_loss,
-                                      tokens_per_second=round(speed, 2), peak_memory_bytes=tracker.peak_memory,
+                                      tokens_per_second=round(tracker.tokens_per_second(), 2),
+                                      peak_memory_bytes=tracker.peak_memory,
                                       duration_s=round(time.monotonic() - self.started, 2))
         return RunResult(status=status, run_id=self.run_id, run_dir=self.run_dir, **{**fields, **extra})
 
