@@ -119,7 +119,8 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
 
         self.settings = QSettings()
-        self.base_label = QLabel(f"Base: {self.settings.value(BASE_MODEL_KEY, DEFAULT_BASE_ID, type=str)}")
+        self.base_label = QLabel()
+        self._show_base()
         self.device_label = QLabel("Device: detecting…")
         self.memory_label = QLabel()
         for widget in (self.base_label, self.device_label, self.memory_label):
@@ -144,6 +145,8 @@ class MainWindow(QMainWindow):
         self.welcome.base_model_chosen.connect(self.set_base_model)
         self.root_stack.addWidget(self.welcome)
         self.root_stack.setCurrentWidget(self.welcome)
+        if getattr(self, "_probed", False):  # opened again from the File menu: the first show's probes are past
+            self.welcome.start_probes()
 
     def close_welcome(self) -> None:
         self.settings.setValue(WELCOME_DONE_KEY, True)
@@ -168,12 +171,15 @@ class MainWindow(QMainWindow):
 
     def set_base_model(self, base: str) -> None:
         self.settings.setValue(BASE_MODEL_KEY, base)
-        self.base_label.setText(f"Base: {base}")
+        self._show_base()
         self.statusBar().showMessage(f"Base model set to {base}", 5000)
 
     def open_settings(self) -> None:
         if SettingsDialog(self).exec():
-            self.base_label.setText(f"Base: {self.settings.value(BASE_MODEL_KEY, DEFAULT_BASE_ID, type=str)}")
+            self._show_base()
+
+    def _show_base(self) -> None:
+        self.base_label.setText(f"Base: {self.settings.value(BASE_MODEL_KEY, DEFAULT_BASE_ID, type=str)}")
 
     def show_panel(self, index: int) -> None:
         self.sidebar.setCurrentRow(index)

@@ -69,8 +69,12 @@ def test_welcome_appears_on_first_start_only(qtbot, studio_home):
     # Later, the File menu brings the page back: the route to a bigger base model (folder, cache, download).
     menu_action = next(action for action in second.menuBar().actions()[0].menu().actions()
                        if action.text().startswith("&Base model"))
+    second.show()
+    qtbot.waitExposed(second)
     menu_action.trigger()
     assert second.welcome is not None and second.root_stack.currentWidget() is second.welcome
+    # its probes run now too (the window's first show is past): the machine report and the cache list
+    qtbot.waitUntil(lambda: "…" not in second.welcome.machine_label.text(), timeout=60_000)
     second.welcome.base_model_chosen.emit("/models/Qwen2.5-7B-Instruct")
     assert second.base_label.text() == "Base: /models/Qwen2.5-7B-Instruct"
 
