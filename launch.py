@@ -86,8 +86,6 @@ def run_step(description: str, args: list[str]) -> None:
         say(f"FAILED: {description} (exit code {result.returncode}).")
         say("Check your internet connection and free disk space, then run the same command again:")
         say("the set-up picks up where it stopped.")
-        if os.environ.get(IN_TERMINAL_ENV):
-            input("Press Enter to close this window.")  # the window would vanish with the message
         sys.exit(result.returncode)
 
 
@@ -204,23 +202,26 @@ def start_detached(python: Path, argv: list[str]) -> int:
         say("Qt cannot open a window: this system lacks the X11 libraries Qt needs. On Debian or Ubuntu:")
         say(f"  sudo apt install {' '.join(QT_XCB_PACKAGES)}")
         say("then start LoRA Studio again.")
-    if os.environ.get(IN_TERMINAL_ENV):
-        input("Press Enter to close this window.")
     return code
 
 
 def main_in_terminal(argv: list[str]) -> int:
-    """main() in the terminal a double-click opened: any failure stays on screen until read."""
+    """main() in the terminal a double-click opened: whatever ends it badly (a failed step, an app that
+    died at once, an error) stays on screen until read, instead of vanishing with the window."""
     try:
-        return main(argv)
+        code = main(argv)
+    except SystemExit as stop:  # run_step has said what failed
+        code = stop.code if isinstance(stop.code, int) else 1
     except (Exception, KeyboardInterrupt):
         import traceback
 
         traceback.print_exc()
         say("The set-up stopped with the error above. Fix it, then start LoRA Studio again:")
         say("it continues where it stopped.")
+        code = 1
+    if code:
         input("Press Enter to close this window.")
-        return 1
+    return code
 
 
 if __name__ == "__main__":

@@ -127,6 +127,25 @@ def test_a_detached_start_that_dies_at_once_says_why(tmp_path: Path):
     os.kill(int((app / "living.pid").read_text()), signal.SIGKILL)
 
 
+def test_the_opened_terminal_waits_for_enter_only_after_a_failure(tmp_path: Path):
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy2(REPO_ROOT / "launch.py", app / "launch.py")
+    probe = ("import sys, launch\n"
+             "def failing(argv): sys.exit(3)\n"
+             "def raising(argv): raise RuntimeError('no python3-venv')\n"
+             "def fine(argv): return 0\n"
+             "launch.main = {'failing': failing, 'raising': raising, 'fine': fine}[sys.argv[1]]\n"
+             "print('code', launch.main_in_terminal([]))\n")
+    outcomes = {}
+    for case in ("failing", "raising", "fine"):
+        ran = subprocess.run([sys.executable, "-c", probe, case], cwd=app, input="\n", capture_output=True,
+                             text=True, timeout=60)
+        outcomes[case] = (ran.stdout.rsplit("code ", 1)[-1].strip(), "Press Enter" in ran.stdout,
+                          "no python3-venv" in ran.stderr)
+    assert outcomes == {"failing": ("3", True, False), "raising": ("1", True, True), "fine": ("0", False, False)}
+
+
 def test_desktop_entry_points_at_the_launcher_and_icon(tmp_path: Path):
     from studio.core.shortcuts import install_linux
 
