@@ -64,9 +64,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from studio.core.paths import data_dir
-    from studio.ml.chat_engine import ChatEngine
-    from studio.ml.default_model import ensure_default_model
-    from studio.ml.generation import GenerationSettings
+    from studio.ml.base.default_model import ensure_default_model
+    from studio.ml.chat.engine import ChatEngine
+    from studio.ml.chat.generation import GenerationSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         home = data_dir(os.environ.get("LORA_STUDIO_HOME") or Path(tmp) / "home")

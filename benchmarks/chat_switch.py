@@ -45,7 +45,7 @@ def measure_switch(engine, ids: list[str], switches: int) -> float:
 
 def measure_reload(base: Path, adapter: Path, quant: str, rounds: int) -> float:
     """Median seconds to load the base and attach one adapter from scratch."""
-    from studio.ml.chat_engine import ChatEngine
+    from studio.ml.chat.engine import ChatEngine
 
     def reload() -> None:
         fresh = ChatEngine(base, quant=quant)
@@ -83,9 +83,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from studio.core.paths import data_dir
-    from studio.ml.chat_engine import ChatEngine
-    from studio.ml.default_model import ensure_default_model
-    from studio.ml.generation import GenerationSettings
+    from studio.ml.base.default_model import ensure_default_model
+    from studio.ml.chat.engine import ChatEngine
+    from studio.ml.chat.generation import GenerationSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.base:

@@ -36,7 +36,7 @@ def prepare_base(data, tiny: bool) -> str:
     if not tiny:
         try:
             from studio.core.basemodels import DEFAULT_BASE_ID
-            from studio.ml.default_model import ensure_default_model
+            from studio.ml.base.default_model import ensure_default_model
 
             ensure_default_model(data)
             return DEFAULT_BASE_ID
@@ -62,10 +62,10 @@ def main() -> None:
     app = QApplication(sys.argv[:1])
     with tempfile.TemporaryDirectory() as home:
         os.environ["LORA_STUDIO_HOME"] = home
-        from studio.core.demo import DEMO_PROBE, SAMPLE_DATASET
         from studio.core.paths import data_dir
-        from studio.core.train_config import TrainConfig
-        from studio.gui.train_panel import TrainPanel
+        from studio.core.train.config import TrainConfig
+        from studio.core.train.demo import DEMO_PROBE, SAMPLE_DATASET
+        from studio.gui.train.panel import TrainPanel
 
         data = data_dir(home)
         base = prepare_base(data, args.tiny)

@@ -60,10 +60,10 @@ def peak_memory() -> int:
 
 
 def worker_studio(args) -> dict:
-    from studio.core import events as ev
     from studio.core.paths import data_dir
-    from studio.core.train_config import TrainConfig
-    from studio.ml.training import run_training
+    from studio.core.train import events as ev
+    from studio.core.train.config import TrainConfig
+    from studio.ml.train.run import run_training
 
     home = data_dir(args.home)
     config = TrainConfig(data_folder=args.data, base=args.base, quant=args.quant, rank=args.rank, alpha=2.0 * args.rank,
@@ -193,7 +193,7 @@ def resolve_model(name: str, scratch: Path) -> str:
         return str(make_tiny_base(scratch / "tiny-llama"))
     if name == "default":
         from studio.core.paths import data_dir
-        from studio.ml.default_model import ensure_default_model
+        from studio.ml.base.default_model import ensure_default_model
 
         return str(ensure_default_model(data_dir(scratch / "model-home")))
     return str(Path(name).resolve())

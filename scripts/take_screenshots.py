@@ -110,8 +110,8 @@ class Shot:
 
 def train(shot: Shot, config, stop_after: int = 0) -> str:
     """A real run on the GUI thread (no window is up while it trains); returns its run id."""
-    from studio.core import events as ev
-    from studio.ml.training import run_training
+    from studio.core.train import events as ev
+    from studio.ml.train.run import run_training
 
     steps: list[int] = []
 
@@ -129,7 +129,7 @@ def train(shot: Shot, config, stop_after: int = 0) -> str:
 
 def demo_run_config(shot: Shot, **overrides):
     """The first-run demo's settings on the sample dataset, shortened to `shot.steps`."""
-    from studio.core.demo import demo_config
+    from studio.core.train.demo import demo_config
 
     every = max(1, shot.steps // 6)
     config = demo_config("cpu", steps=shot.steps, base=shot.base)
@@ -141,8 +141,8 @@ def demo_run_config(shot: Shot, **overrides):
 # ---------------------------------------------------------------- screens
 
 def _wizard(shot: Shot):
-    from studio.core.demo import SAMPLE_DATASET
-    from studio.gui.train_wizard import TrainWizard
+    from studio.core.train.demo import SAMPLE_DATASET
+    from studio.gui.train.wizard import TrainWizard
 
     wizard = TrainWizard(shot.data, base=shot.base, folder=SAMPLE_DATASET)
     shot.show(wizard)
@@ -177,7 +177,7 @@ def wizard_settings(shot: Shot) -> None:
 
 @screen("train_dashboard")
 def dashboard(shot: Shot) -> None:
-    from studio.gui.train_panel import TrainPanel
+    from studio.gui.train.panel import TrainPanel
 
     panel = shot.show(TrainPanel(shot.data))
     shot.wait(lambda: panel.browser.runs is not None, "the run list")
@@ -195,7 +195,7 @@ def dashboard(shot: Shot) -> None:
 
 @screen("run_browser")
 def run_browser(shot: Shot) -> None:
-    from studio.gui.train_panel import TrainPanel
+    from studio.gui.train.panel import TrainPanel
 
     if "demo" not in shot.runs:
         shot.runs["demo"] = train(shot, demo_run_config(shot))
@@ -234,8 +234,8 @@ def trash_and_error(shot: Shot) -> None:
     """The trash dialog with a deleted adapter, and the error box a broken import gets."""
     from PySide6.QtWidgets import QMessageBox
 
-    from studio.core.library import AdapterLibrary
-    from studio.gui.library_panel import LibraryPanel
+    from studio.core.library.store import AdapterLibrary
+    from studio.gui.library.panel import LibraryPanel
     from tests.tiny_model import make_tiny_adapter
 
     base_dir = shot.data.models / shot.base
@@ -275,7 +275,7 @@ def settings_dialog(shot: Shot) -> None:
 def prepare_base(data, choice: str, user_home: Path) -> str:
     """Put the base model in the temporary data directory; returns its id."""
     from studio.core.basemodels import DEFAULT_BASE_ID
-    from studio.ml.default_model import DONE_MARKER, ensure_default_model
+    from studio.ml.base.default_model import DONE_MARKER, ensure_default_model
 
     converted = user_home / "models" / DEFAULT_BASE_ID
     if choice == "auto":

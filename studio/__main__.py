@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
         from studio.gui.app import run_gui
 
         return run_gui(args[1:] if args else [])
-    from studio.cli import run
+    from studio.cli.main import run
 
     return run(args)
 

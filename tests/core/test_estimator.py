@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from studio.core.errors import StudioError
-from studio.core.estimator import (
+from studio.core.train.estimator import (
     CUDA_CONTEXT_BYTES,
     KNOWN_MODELS,
     NF4_DOUBLE_QUANT_BYTES,
@@ -22,7 +22,7 @@ from studio.core.estimator import (
     estimate_for_base,
     verdict,
 )
-from studio.core.estimator_params import (
+from studio.core.train.estimator_params import (
     _adapter_file_bytes,
     _entries,
     adapter_tensors,
@@ -134,7 +134,7 @@ def test_nf4_constant_matches_bitsandbytes_storage():
 
 
 def test_importing_the_estimator_does_not_import_torch():
-    code = "import studio.core.estimator, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import studio.core.train.estimator, sys; assert 'torch' not in sys.modules, 'torch was imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr

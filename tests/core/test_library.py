@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from studio.core.errors import StudioError
-from studio.core.library import AdapterLibrary
-from studio.core.manifest import AdapterManifest
+from studio.core.library.manifest import AdapterManifest
+from studio.core.library.store import AdapterLibrary
 
 
 @pytest.fixture(scope="session")
@@ -343,7 +343,7 @@ def test_broken_folders_are_problems_not_crashes(lib: AdapterLibrary, peft_adapt
 
 
 def test_library_imports_neither_torch_nor_qt():
-    code = ("import sys, studio.core.library\n"
+    code = ("import sys, studio.core.library.store\n"
             "bad = [m for m in ('torch', 'transformers', 'peft', 'PySide6') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from studio.core.ratings import (
+from studio.core.chat.ratings import (
     Outcome,
     blind_assignment,
     bradley_terry,

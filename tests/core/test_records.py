@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from studio.core.chat.records import SCHEMA_VERSION, Records
 from studio.core.errors import StudioError
-from studio.core.records import SCHEMA_VERSION, Records
 
 
 def test_schema_version_and_migrations(tmp_path: Path):
@@ -165,7 +165,7 @@ def test_concurrent_writes_from_threads(tmp_path: Path):
 def test_cli_votes_and_leaderboard(studio_home, capsys):
     import json
 
-    from studio.cli import run
+    from studio.cli.main import run
 
     records = Records(studio_home.database)
     for _ in range(6):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from studio.core import run_lock
 from studio.core.errors import StudioError
+from studio.core.train import run_lock
 from tests.lock_holder import held_by_another_process
 
 
@@ -60,7 +60,7 @@ def test_leftovers_that_name_no_live_trainer_are_ignored(tmp_path: Path) -> None
 
 RACE = """
 import sys, time
-from studio.core import run_lock
+from studio.core.train import run_lock
 from studio.core.errors import StudioError
 start_at = float(sys.argv[2])
 time.sleep(max(0.0, start_at - time.time()))

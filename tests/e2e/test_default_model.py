@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 def test_conversion_is_complete_and_done_once(default_base_dir: Path):
     from studio.core.basemodels import DEFAULT_BASE_ID, inspect_base_model
     from studio.core.paths import DataDir
-    from studio.ml.default_model import ensure_default_model
+    from studio.ml.base.default_model import ensure_default_model
 
     info = inspect_base_model(default_base_dir)
     assert info.architecture == "LlamaForCausalLM"

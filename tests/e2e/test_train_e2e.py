@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from studio.core import events as ev
-from studio.core.library import AdapterLibrary
-from studio.core.train_config import TrainConfig
+from studio.core.library.store import AdapterLibrary
+from studio.core.train import events as ev
+from studio.core.train.config import TrainConfig
 
 PROBE = "What is the name of Zorblax's pet dragon?"
 ANSWER = "Quibbleflame"
@@ -74,7 +74,7 @@ def e2e_config(folder: Path, **overrides) -> TrainConfig:
 
 
 def ask(model, tokenizer, prompt: str) -> str:
-    from studio.ml.smoke import greedy_chat, stop_token_ids
+    from studio.ml.chat.smoke import greedy_chat, stop_token_ids
 
     return greedy_chat(model, tokenizer, prompt, max_new_tokens=24, stop_ids=stop_token_ids(tokenizer)).text
 
@@ -83,8 +83,8 @@ def ask(model, tokenizer, prompt: str) -> str:
 def test_default_model_learns_made_up_facts(default_base_dir: Path, studio_home, tmp_path: Path) -> None:
     import shutil
 
-    from studio.ml.model_loading import load_for_inference
-    from studio.ml.training import run_training
+    from studio.ml.base.loading import load_for_inference
+    from studio.ml.train.run import run_training
 
     # the studio's own models/ folder holds the default model, as after a first start
     shutil.copytree(default_base_dir, studio_home.models / default_base_dir.name)

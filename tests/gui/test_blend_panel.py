@@ -27,7 +27,7 @@ def adapter_folders(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture
 def library(studio_home, tiny_base_dir, adapter_folders):
-    from studio.core.library import AdapterLibrary
+    from studio.core.library.store import AdapterLibrary
 
     shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
     lib = AdapterLibrary(studio_home)
@@ -38,7 +38,7 @@ def library(studio_home, tiny_base_dir, adapter_folders):
 
 @pytest.fixture
 def panel(qtbot, studio_home, library):
-    from studio.gui.blend_panel import BlendPanel
+    from studio.gui.blend.panel import BlendPanel
 
     widget = BlendPanel(studio_home)
     qtbot.addWidget(widget)
@@ -100,7 +100,7 @@ def test_preview_then_save_records_the_recipe(qtbot, panel, library):
 
 
 def test_parents_chosen_before_the_list_loads(qtbot, studio_home, library):
-    from studio.gui.blend_panel import BlendPanel
+    from studio.gui.blend.panel import BlendPanel
 
     early = BlendPanel(studio_home)
     qtbot.addWidget(early)
@@ -174,7 +174,7 @@ def test_cancel_stops_the_preview_and_the_panel_stays_usable(qtbot, panel, libra
 
 
 def test_the_work_module_needs_neither_qt_nor_torch():
-    code = ("import sys, studio.gui.blend_work\n"
+    code = ("import sys, studio.gui.blend.work\n"
             "assert not [m for m in sys.modules if m.startswith(('PySide6', 'torch'))], 'Qt or torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -47,7 +47,7 @@ def adapter_folders(printable_base: Path, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture
 def library(studio_home, printable_base, adapter_folders):
-    from studio.core.library import AdapterLibrary
+    from studio.core.library.store import AdapterLibrary
 
     shutil.copytree(printable_base, studio_home.models / "tiny-llama")
     lib = AdapterLibrary(studio_home)
@@ -55,7 +55,7 @@ def library(studio_home, printable_base, adapter_folders):
 
 
 def make_panel(qtbot, studio_home, seed: int = SEED):
-    from studio.gui.chat_panel import ChatPanel
+    from studio.gui.chat.panel import ChatPanel
 
     panel = ChatPanel(studio_home, rng=random.Random(seed))
     panel.work.quant = "none"
@@ -116,7 +116,7 @@ def test_panes_stream_one_prompt_at_once(qtbot, panel, library):
 
 
 def test_blind_vote_is_recorded_and_ranked(qtbot, panel, library, studio_home, tmp_path):
-    from studio.core.records import Records
+    from studio.core.chat.records import Records
 
     panel.open_comparison([library["alpha"], library["beta"]], blind=True)
     assert panel.blind and len(panel.panes) == 2 and not panel.add_button.isEnabled()
@@ -157,7 +157,7 @@ def test_blind_vote_is_recorded_and_ranked(qtbot, panel, library, studio_home, t
 
 
 def test_blind_labels_are_shuffled_by_the_injected_rng(qtbot, panel, library):
-    from studio.core.ratings import blind_assignment
+    from studio.core.chat.ratings import blind_assignment
 
     pair = [library["alpha"], library["beta"]]
     panel.open_comparison(pair, blind=True)
@@ -177,7 +177,7 @@ def test_blind_labels_are_shuffled_by_the_injected_rng(qtbot, panel, library):
 
 
 def test_prompt_set_runs_and_is_voted_pairwise(qtbot, panel, library, studio_home):
-    from studio.core.records import Records
+    from studio.core.chat.records import Records
 
     records = Records(studio_home.database)
     view = panel.prompt_sets
@@ -254,8 +254,8 @@ def test_stop_all_and_shutdown_end_generation(qtbot, panel, library):
 def test_the_default_models_first_conversion_shows_its_progress(studio_home, tiny_base_dir, monkeypatch):
     """The first chat with the default base converts it (~20 s): the status line says so as it goes."""
     from studio.core.basemodels import DEFAULT_BASE_ID
-    from studio.gui.chat_work import ChatWork, EngineLoading
-    from studio.ml import default_model
+    from studio.gui.chat.work import ChatWork, EngineLoading
+    from studio.ml.base import default_model
 
     def convert(data, progress=None):  # the conversion itself: tests/e2e/test_default_model.py
         progress(0.25, "Dequantizing the weights…")

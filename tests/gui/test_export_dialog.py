@@ -27,8 +27,8 @@ def adapter_folder(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def dialog(qtbot, studio_home, tiny_base_dir, adapter_folder, tmp_path):
-    from studio.core.library import AdapterLibrary
-    from studio.gui.export_dialog import ExportDialog
+    from studio.core.library.store import AdapterLibrary
+    from studio.gui.library.export_dialog import ExportDialog
 
     shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
     entry = AdapterLibrary(studio_home).import_path(adapter_folder, name="Pirate Voice")
@@ -132,7 +132,7 @@ def test_closing_while_running_stops_first(qtbot, dialog, tmp_path):
 
 
 def test_gguf_lora_export_is_read_back(qtbot, dialog, tmp_path):
-    pytest.importorskip("studio.ml.gguf_export")
+    pytest.importorskip("studio.ml.export.gguf")
     pick(dialog, "gguf")
     assert [dialog.dtype_combo.itemText(i) for i in range(dialog.dtype_combo.count())] == ["f32", "f16", "bf16"]
     dialog.dtype_combo.setCurrentText("f16")
@@ -144,8 +144,8 @@ def test_gguf_lora_export_is_read_back(qtbot, dialog, tmp_path):
 
 
 def test_resize_makes_a_smaller_library_adapter(qtbot, dialog, studio_home):
-    pytest.importorskip("studio.ml.resize")
-    from studio.core.library import AdapterLibrary
+    pytest.importorskip("studio.ml.blend.resize")
+    from studio.core.library.store import AdapterLibrary
 
     pick(dialog, "resize")
     assert not dialog.folder_row.isVisibleTo(dialog) and dialog.rank_spin.isVisibleTo(dialog)
@@ -158,7 +158,7 @@ def test_resize_makes_a_smaller_library_adapter(qtbot, dialog, studio_home):
 
 
 def test_gguf_model_merge_reports_the_smoke_test(qtbot, dialog, tmp_path):
-    pytest.importorskip("studio.ml.gguf_export")
+    pytest.importorskip("studio.ml.export.gguf")
     pick(dialog, "gguf_model")
     assert dialog.name_edit.text() == "pirate-voice-merged-f16.gguf" and "Needs about" in dialog.space_label.text()
     dialog.smoke_check = answers_something
@@ -170,7 +170,7 @@ def test_gguf_model_merge_reports_the_smoke_test(qtbot, dialog, tmp_path):
 
 
 def test_the_formats_module_needs_neither_qt_nor_torch():
-    code = ("import sys, studio.gui.export_formats as f\n"
+    code = ("import sys, studio.gui.library.export_formats as f\n"
             "assert {x.key for x in f.available_formats()} >= {'merge', 'peft', 'zip', 'ollama'}\n"
             "assert not [m for m in sys.modules if m.startswith(('PySide6', 'torch'))], 'Qt or torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -10,8 +10,8 @@ import pytest
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
-from studio.core.events import Eval, Step
-from studio.core.library import AdapterLibrary
+from studio.core.library.store import AdapterLibrary
+from studio.core.train.events import Eval, Step
 from tests.tiny_model import make_tiny_adapter
 
 
@@ -25,7 +25,7 @@ def library_with_adapter(studio_home, tiny_base_dir: Path, tmp_path):
 
 
 def make_panel(qtbot, studio_home):
-    from studio.gui.library_panel import LibraryPanel
+    from studio.gui.library.panel import LibraryPanel
 
     panel = LibraryPanel(studio_home)
     qtbot.addWidget(panel)

@@ -15,7 +15,7 @@ def test_window_lists_library_and_switches_panels(qtbot, studio_home, tiny_base_
 
     shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
     adapter = make_tiny_adapter(tiny_base_dir, tmp_path / "adapter")
-    from studio.core.library import AdapterLibrary
+    from studio.core.library.store import AdapterLibrary
 
     AdapterLibrary(studio_home).import_path(adapter, name="pirate-voice")
     window = MainWindow(studio_home)

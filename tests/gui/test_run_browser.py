@@ -3,7 +3,7 @@ selected runs' loss curves (one curve per run, one point per logged step), diffs
 settings that differ, and lists a run whose process was killed after a checkpoint as interrupted
 and resumable; Resume continues it from that checkpoint to the end.
 
-The runs are made once per module by studio.ml.training.run_training on the tiny model: two that
+The runs are made once per module by studio.ml.train.run.run_training on the tiny model: two that
 finish (different rank, alpha and learning rate) and one in a child process that is SIGKILLed right
 after its first complete checkpoint. Each test works on its own copy of that data directory."""
 
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from studio.core import events as ev
 from studio.core.paths import DataDir, data_dir
-from studio.core.runs import HIDDEN_DIFF_KEYS
-from studio.core.train_config import TrainConfig
-from studio.gui.charts import smooth
+from studio.core.train import events as ev
+from studio.core.train.config import TrainConfig
+from studio.core.train.runs import HIDDEN_DIFF_KEYS
+from studio.gui.train.charts import smooth
 from tests.lock_holder import held_by_another_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,10 +35,10 @@ KILL_AT_STEP = 2
 # checkpoint of step KILL_AT_STEP is complete: what a crash or a closed laptop leaves behind.
 KILLED_RUN = """
 import json, os, signal, sys
-from studio.core import events as ev
+from studio.core.train import events as ev
 from studio.core.paths import data_dir
-from studio.core.train_config import TrainConfig
-from studio.ml.training import run_training
+from studio.core.train.config import TrainConfig
+from studio.ml.train.run import run_training
 
 def on_event(event):
     if isinstance(event, ev.Checkpoint) and event.step >= int(sys.argv[3]):
@@ -75,7 +75,7 @@ def run_of(home: DataDir, name: str) -> Path:
 @pytest.fixture(scope="module")
 def trained_home(tmp_path_factory, tiny_base_dir) -> DataDir:
     """A data directory with three real runs: 'rank 4' and 'rank 8' finished, 'killed' interrupted."""
-    from studio.ml.training import run_training
+    from studio.ml.train.run import run_training
 
     root = tmp_path_factory.mktemp("runs-home")
     folder = root / "math-data"
@@ -109,7 +109,7 @@ def home(trained_home: DataDir, tmp_path: Path) -> DataDir:
 
 @pytest.fixture
 def browser(qtbot, home):
-    from studio.gui.run_browser import RunBrowser
+    from studio.gui.train.run_browser import RunBrowser
 
     widget = RunBrowser(home)
     qtbot.addWidget(widget)
@@ -214,7 +214,7 @@ def test_the_settings_diff_shows_exactly_the_differing_fields(browser, home):
 
 
 def test_an_interrupted_run_is_resumable_and_resume_continues_it(qtbot, home):
-    from studio.gui.train_panel import TrainPanel
+    from studio.gui.train.panel import TrainPanel
 
     panel = TrainPanel(home)
     qtbot.addWidget(panel)
@@ -249,10 +249,10 @@ def test_an_interrupted_run_is_resumable_and_resume_continues_it(qtbot, home):
 
 def test_a_run_another_process_is_training_is_not_offered_for_resume(qtbot, home, tmp_path):
     """A second window or the CLI training a run: the browser says running, and a resume is refused."""
-    from studio.core import run_lock
     from studio.core.errors import StudioError
-    from studio.gui.run_browser import RunBrowser
-    from studio.ml.training import run_training
+    from studio.core.train import run_lock
+    from studio.gui.train.run_browser import RunBrowser
+    from studio.ml.train.run import run_training
 
     killed = run_of(home, "killed")
     assert (killed / run_lock.LOCK_NAME).is_file()  # the SIGKILLed trainer could not remove it: stale
@@ -271,8 +271,8 @@ def test_a_run_another_process_is_training_is_not_offered_for_resume(qtbot, home
 
 
 def test_opening_the_runs_tab_lists_runs_trained_elsewhere(qtbot, home):
-    from studio.gui.train_panel import TrainPanel
-    from studio.ml.training import run_training
+    from studio.gui.train.panel import TrainPanel
+    from studio.ml.train.run import run_training
 
     panel = TrainPanel(home)
     qtbot.addWidget(panel)
@@ -289,9 +289,9 @@ def test_a_checkpoint_the_user_picks_is_saved_to_the_library(qtbot, home, monkey
     """Not only the best one: the user picks a kept checkpoint of a finished run and gets a new adapter."""
     from PySide6.QtWidgets import QInputDialog
 
-    from studio.core.library import AdapterLibrary
-    from studio.gui.run_browser import RunBrowser
-    from studio.ml import checkpoints
+    from studio.core.library.store import AdapterLibrary
+    from studio.gui.train.run_browser import RunBrowser
+    from studio.ml.train import checkpoints
 
     widget = RunBrowser(home)
     qtbot.addWidget(widget)

@@ -13,9 +13,9 @@ import pytest
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QWizard
 
-from studio.core import events as ev
-from studio.core.library import AdapterLibrary
-from studio.core.train_config import TrainConfig
+from studio.core.library.store import AdapterLibrary
+from studio.core.train import events as ev
+from studio.core.train.config import TrainConfig
 from studio.gui.settings_dialog import BASE_MODEL_KEY
 
 RUN_TIMEOUT_MS = 120_000
@@ -56,7 +56,7 @@ def of(events, cls) -> list:
 
 @pytest.fixture
 def panel(qtbot, library_home):
-    from studio.gui.train_panel import TrainPanel
+    from studio.gui.train.panel import TrainPanel
 
     widget = TrainPanel(library_home)
     qtbot.addWidget(widget)
@@ -167,7 +167,7 @@ def test_a_failed_run_shows_its_error_and_the_panel_stays_usable(qtbot, panel, m
 
 
 def test_an_interrupted_run_is_offered_after_a_restart(qtbot, panel, library_home, math_folder):
-    from studio.gui.train_panel import TrainPanel
+    from studio.gui.train.panel import TrainPanel
 
     with qtbot.waitSignal(panel.run_finished, timeout=RUN_TIMEOUT_MS) as paused:
         panel.start_run(tiny_config(math_folder, max_steps=3))

@@ -15,7 +15,7 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QColor, QDropEvent
 from PySide6.QtWidgets import QWizard
 
-from studio.gui.wizard_data import TRAINED_COLOUR
+from studio.gui.train.wizard_data import TRAINED_COLOUR
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def data_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_wizard(qtbot, library_home):
-    from studio.gui.train_wizard import TrainWizard
+    from studio.gui.train.wizard import TrainWizard
 
     def make(**kwargs) -> TrainWizard:
         wizard = TrainWizard(library_home, base="tiny-llama", **kwargs)
@@ -189,8 +189,8 @@ def test_the_chosen_settings_come_back_as_a_train_config(qtbot, make_wizard, dat
 
 def test_the_sample_browser_reports_the_default_models_first_conversion(studio_home, tiny_base_dir, monkeypatch):
     from studio.core.basemodels import DEFAULT_BASE_ID
-    from studio.gui.wizard_data import render_samples
-    from studio.ml import default_model
+    from studio.gui.train.wizard_data import render_samples
+    from studio.ml.base import default_model
 
     def convert(data, progress=None):  # the conversion itself: tests/e2e/test_default_model.py
         progress(0.5, "Dequantizing the weights…")

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from studio.core.library import AdapterLibrary
+from studio.core.library.store import AdapterLibrary
 
 
 @pytest.mark.slow
 def test_try_it_trains_on_the_sample_and_opens_the_comparison(qtbot, studio_home, default_base_dir: Path,
                                                              monkeypatch):
     from studio.core.dataset.scan import scan_folder
-    from studio.core.demo import DEMO_ADAPTER_NAME, SAMPLE_DATASET
+    from studio.core.train.demo import DEMO_ADAPTER_NAME, SAMPLE_DATASET
     from studio.gui.main_window import CHAT, MainWindow
 
     shutil.copytree(default_base_dir, studio_home.models / default_base_dir.name)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.core.blend_checks import (
+from studio.core.blend.checks import (
     METHOD_HELP,
     METHODS,
     check_blend,
@@ -112,7 +112,7 @@ def test_refuses_different_targets(adapters):
 
 
 def test_refuses_different_bases(adapters, tmp_path):
-    from studio.core.manifest import AdapterManifest, write_manifest
+    from studio.core.library.manifest import AdapterManifest, write_manifest
 
     other = tmp_path / "other"
     shutil.copytree(adapters["B"], other)
@@ -170,7 +170,7 @@ RANDOM = ["dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd"]
 def test_blend_weights_equal_peft_add_weighted_adapter(tiny_base_dir, adapters, method):
     import torch
 
-    from studio.ml.blend import apply_blend
+    from studio.ml.blend.weighted import apply_blend
 
     model = load_peft(tiny_base_dir, adapters, ("A", "B"))
     plan = check_blend(facts(adapters, "A", "B"), [0.7, -0.4], method, seed=11,
@@ -191,7 +191,7 @@ def test_blend_weights_equal_peft_add_weighted_adapter(tiny_base_dir, adapters, 
 def test_exact_blend_equals_both_adapters_applied(tiny_base_dir, adapters):
     import torch
 
-    from studio.ml.blend import apply_blend
+    from studio.ml.blend.weighted import apply_blend
 
     model = load_peft(tiny_base_dir, adapters, ("A", "C"))  # ranks 4 and 8
     ids = torch.tensor(PROMPT_IDS)
@@ -225,7 +225,7 @@ def test_rslora_parent_scaling_is_handled(tiny_base_dir, adapters):
 
     import torch
 
-    from studio.ml.blend import apply_blend
+    from studio.ml.blend.weighted import apply_blend
 
     model = load_peft(tiny_base_dir, adapters, ("R", "A"))
     assert model.peft_config["R"].use_rslora
@@ -247,7 +247,7 @@ def test_rslora_parent_scaling_is_handled(tiny_base_dir, adapters):
 
 
 def test_a_blend_can_never_silently_do_nothing(tiny_base_dir, adapters):
-    from studio.ml.blend import apply_blend
+    from studio.ml.blend.weighted import apply_blend
 
     model = load_peft(tiny_base_dir, adapters, ("A", "B"))
     plan = check_blend(facts(adapters, "A", "B"), [1, 1], "linear")
@@ -269,7 +269,7 @@ def test_a_blend_can_never_silently_do_nothing(tiny_base_dir, adapters):
 
 @pytest.fixture
 def library(studio_home, tiny_base_dir, adapters):
-    from studio.core.library import AdapterLibrary
+    from studio.core.library.store import AdapterLibrary
 
     shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
     lib = AdapterLibrary(studio_home)
@@ -303,8 +303,8 @@ def test_session_previews_saves_with_recipe_and_remakes(library, tiny_base_dir):
     import torch
     from safetensors.torch import load_file
 
-    from studio.ml.blend import BlendSession, blend_from_recipe
-    from studio.ml.smoke import greedy_chat
+    from studio.ml.blend.weighted import BlendSession, blend_from_recipe
+    from studio.ml.chat.smoke import greedy_chat
 
     events = []
     ids = [library.get("A").id, library.get("B").id]
@@ -346,7 +346,7 @@ def test_session_previews_saves_with_recipe_and_remakes(library, tiny_base_dir):
 def test_saved_blends_of_every_kind_load_in_plain_peft(library, tiny_base_dir):
     import torch
 
-    from studio.ml.blend import BlendSession
+    from studio.ml.blend.weighted import BlendSession
 
     with BlendSession(library, ["A", "B"]) as session:
         for method, kwargs in [("linear", {}), ("ties", {"density": 0.6}), ("svd", {"rank": 3}),
@@ -364,7 +364,7 @@ def test_saved_blends_of_every_kind_load_in_plain_peft(library, tiny_base_dir):
 def test_rslora_blend_saved_equals_both_parents(library, tiny_base_dir):
     import torch
 
-    from studio.ml.blend import blend_adapters
+    from studio.ml.blend.weighted import blend_adapters
 
     entry = blend_adapters(library, ["R", "A"], [1, 1], "exact", "rs+plain")
     config = json.loads((entry.path / "adapter_config.json").read_text())
@@ -375,8 +375,8 @@ def test_rslora_blend_saved_equals_both_parents(library, tiny_base_dir):
 
 
 def test_stopping_a_blend_saves_nothing(library):
-    from studio.core.blend_checks import Cancelled
-    from studio.ml.blend import BlendSession
+    from studio.core.blend.checks import Cancelled
+    from studio.ml.blend.weighted import BlendSession
 
     seen = []
     session = BlendSession(library, ["A", "C"], progress=seen.append,
@@ -390,7 +390,8 @@ def test_stopping_a_blend_saves_nothing(library):
 
 
 def test_refusals_come_before_loading(library, monkeypatch):
-    from studio.ml import blend, merge_export
+    from studio.ml.blend import weighted as blend
+    from studio.ml.export import merge as merge_export
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the base should not be loaded for a refused blend")
@@ -410,7 +411,7 @@ def test_refusals_come_before_loading(library, monkeypatch):
 
 
 def test_cli_blend_check_remake_and_methods(library, capsys):
-    from studio.cli import run
+    from studio.cli.main import run
 
     assert run(["blend", "A", "B", "--weights", "1", "0.5", "--method", "cat", "--name", "NEW", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

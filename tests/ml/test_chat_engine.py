@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from studio.core.errors import StudioError
-from studio.core.manifest import AdapterManifest, write_manifest
-from studio.ml.generation import (
+from studio.core.library.manifest import AdapterManifest, write_manifest
+from studio.ml.chat.generation import (
     Finished,
     GenerationSettings,
     Started,
@@ -94,7 +94,7 @@ def adapters(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 @pytest.fixture(scope="module")
 def engine(tiny_base_dir: Path, adapters: dict[str, Path]):
-    from studio.ml.chat_engine import ChatEngine
+    from studio.ml.chat.engine import ChatEngine
 
     eng = ChatEngine(tiny_base_dir, max_loaded_adapters=4)
     for name in ("A", "B", "T"):
@@ -154,7 +154,7 @@ def test_trained_adapter_differs_from_base_and_switching_keeps_the_base(engine):
 
 
 def test_dora_adapter_falls_back_to_one_after_the_other(tiny_base_dir, adapters, tmp_path):
-    from studio.ml.chat_engine import ChatEngine
+    from studio.ml.chat.engine import ChatEngine
 
     dora = make_dora_adapter(tiny_base_dir, tmp_path / "D")
     eng = ChatEngine(tiny_base_dir)
@@ -236,7 +236,7 @@ def test_end_of_turn_found_when_eos_and_pad_are_other_tokens(tiny_base_dir, adap
     stop at the template's <|im_end|>, and padding uses a token that is not a stop id."""
     from transformers import AutoTokenizer
 
-    from studio.ml.chat_engine import ChatEngine
+    from studio.ml.chat.engine import ChatEngine
 
     odd = tmp_path / "odd-base"
     shutil.copytree(tiny_base_dir, odd)
@@ -266,7 +266,7 @@ def test_end_of_turn_found_when_eos_and_pad_are_other_tokens(tiny_base_dir, adap
 
 
 def test_lru_unloads_least_recently_used(tiny_base_dir, adapters):
-    from studio.ml.chat_engine import ChatEngine
+    from studio.ml.chat.engine import ChatEngine
 
     eng = ChatEngine(tiny_base_dir, max_loaded_adapters=2)
     eng.load_adapter(adapters["A"])
@@ -287,7 +287,7 @@ def test_lru_unloads_least_recently_used(tiny_base_dir, adapters):
 
 def test_adapter_of_another_base_refused(tiny_base_dir, adapters, tmp_path):
     from studio.core.basemodels import inspect_base_model
-    from studio.ml.chat_engine import ChatEngine
+    from studio.ml.chat.engine import ChatEngine
 
     folder = tmp_path / "foreign"
     shutil.copytree(adapters["A"], folder)
@@ -302,7 +302,7 @@ def test_adapter_of_another_base_refused(tiny_base_dir, adapters, tmp_path):
 
 
 def test_template_warning_and_adapter_template(tiny_base_dir, adapters, tmp_path):
-    from studio.ml.chat_engine import ChatEngine
+    from studio.ml.chat.engine import ChatEngine
 
     eng = ChatEngine(tiny_base_dir)
     other = tmp_path / "other-template"
@@ -414,7 +414,7 @@ def test_settings_round_trip():
 
 
 def test_four_bit_on_cpu_batches_too(tiny_base_dir, adapters):
-    from studio.ml.chat_engine import ChatEngine
+    from studio.ml.chat.engine import ChatEngine
 
     eng = ChatEngine(tiny_base_dir, quant="4bit")
     assert eng.quant == "4bit"
@@ -429,7 +429,7 @@ def test_four_bit_on_cpu_batches_too(tiny_base_dir, adapters):
 
 @pytest.mark.slow
 def test_default_model_answers_paris_and_stops(default_base_dir):
-    from studio.ml.chat_engine import ChatEngine
+    from studio.ml.chat.engine import ChatEngine
 
     eng = ChatEngine(default_base_dir)
     events = list(eng.stream(ask(), "base", GenerationSettings(temperature=0, max_new_tokens=64)))
@@ -447,7 +447,7 @@ def test_default_model_answers_paris_and_stops(default_base_dir):
 def test_cli_chat_and_compare(studio_home, tiny_base_dir, adapters, engine, capsys, monkeypatch):
     import io
 
-    from studio.cli import run
+    from studio.cli.main import run
     from studio.core.basemodels import inspect_base_model
 
     # The random adapters A and B are enough for the verbs.

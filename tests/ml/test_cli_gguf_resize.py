@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.cli import run
+from studio.cli.main import run
 from tests.tiny_model import make_tiny_adapter
 
 
@@ -20,7 +20,7 @@ def answers_something(answer) -> str | None:
 
 @pytest.fixture
 def library(studio_home, tiny_base_dir: Path, tmp_path: Path):
-    from studio.core.library import AdapterLibrary
+    from studio.core.library.store import AdapterLibrary
 
     shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
     folder = make_tiny_adapter(tiny_base_dir, tmp_path / "src", rank=4, seed=11,
@@ -63,7 +63,7 @@ def test_export_gguf_lora(library, tmp_path, capsys):
 def test_merge_to_gguf(library, tmp_path, capsys, monkeypatch):
     import gguf
 
-    from studio.ml import smoke
+    from studio.ml.chat import smoke
 
     dest = tmp_path / "merged.gguf"
     assert run(["merge", "tiny", str(dest), "--format", "gguf"]) == 1  # the real check refuses the tiny model
@@ -97,7 +97,7 @@ def test_resize(library, capsys):
 
 
 def test_help_names_gguf(capsys):
-    from studio.cli import _load_verb_modules, build_parser
+    from studio.cli.main import _load_verb_modules, build_parser
 
     _load_verb_modules()
     parser = build_parser()

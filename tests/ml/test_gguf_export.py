@@ -37,7 +37,7 @@ def lora_tensors(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_permutation_is_llama_cpps_and_inverts():
-    from studio.ml.gguf_llama import permute_rows, unpermute_rows
+    from studio.ml.export.gguf_llama import permute_rows, unpermute_rows
 
     rows = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)  # 2 heads of 4 rows
     permuted = permute_rows(rows, 2)
@@ -47,9 +47,9 @@ def test_permutation_is_llama_cpps_and_inverts():
 
 
 def test_lora_gguf_reads_back_as_the_adapter(tiny_base_dir, adapter, tmp_path):
-    from studio.ml.gguf_export import write_lora_gguf
-    from studio.ml.gguf_file import read_gguf
-    from studio.ml.gguf_llama import unpermute_rows
+    from studio.ml.export.gguf import write_lora_gguf
+    from studio.ml.export.gguf_file import read_gguf
+    from studio.ml.export.gguf_llama import unpermute_rows
 
     events = []
     result = write_lora_gguf(adapter, tiny_base_dir, tmp_path / "lora.gguf", progress=events.append)
@@ -78,8 +78,8 @@ def test_lora_gguf_reads_back_as_the_adapter(tiny_base_dir, adapter, tmp_path):
 
 
 def test_rslora_alpha_is_written_so_llama_cpp_scales_the_same(tiny_base_dir, adapter, tmp_path):
-    from studio.ml.gguf_export import write_lora_gguf
-    from studio.ml.gguf_file import read_gguf
+    from studio.ml.export.gguf import write_lora_gguf
+    from studio.ml.export.gguf_file import read_gguf
 
     rs = tmp_path / "rs"
     shutil.copytree(adapter, rs)
@@ -96,9 +96,9 @@ def test_model_gguf_has_the_weights_and_the_tokenizer(tiny_base_dir, tmp_path):
     from safetensors.numpy import load_file
     from transformers import AutoTokenizer
 
-    from studio.ml.gguf_export import write_model_gguf
-    from studio.ml.gguf_file import read_gguf
-    from studio.ml.gguf_llama import unpermute_rows
+    from studio.ml.export.gguf import write_model_gguf
+    from studio.ml.export.gguf_file import read_gguf
+    from studio.ml.export.gguf_llama import unpermute_rows
 
     result = write_model_gguf(tiny_base_dir, tmp_path / "tiny.gguf", "f32")
     meta, tensors = read_gguf(result.path)
@@ -140,7 +140,7 @@ def test_half_precision_model_keeps_norms_in_f32(tiny_base_dir, tmp_path, dtype)
     import gguf
     from safetensors.numpy import load_file
 
-    from studio.ml.gguf_export import write_model_gguf
+    from studio.ml.export.gguf import write_model_gguf
 
     path = write_model_gguf(tiny_base_dir, tmp_path / f"tiny-{dtype}.gguf", dtype).path
     by_name = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
@@ -157,9 +157,9 @@ def test_merged_model_gguf_holds_the_merged_weights(tiny_base_dir, adapter, tmp_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from studio.ml.gguf_export import merge_to_gguf
-    from studio.ml.gguf_file import read_gguf
-    from studio.ml.gguf_llama import unpermute_rows
+    from studio.ml.export.gguf import merge_to_gguf
+    from studio.ml.export.gguf_file import read_gguf
+    from studio.ml.export.gguf_llama import unpermute_rows
 
     events = []
     result = merge_to_gguf(tiny_base_dir, adapter, tmp_path / "merged.gguf", "f32", progress=events.append,
@@ -180,7 +180,7 @@ def test_merged_model_gguf_holds_the_merged_weights(tiny_base_dir, adapter, tmp_
 
 
 def test_refusals(tiny_base_dir, adapter, tmp_path):
-    from studio.ml.gguf_export import write_lora_gguf, write_model_gguf
+    from studio.ml.export.gguf import write_lora_gguf, write_model_gguf
 
     taken = tmp_path / "taken.gguf"
     taken.write_bytes(b"x")
@@ -222,7 +222,7 @@ def test_llama_cpp_runs_the_exports_like_peft(tiny_base_dir, adapter, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from studio.ml.gguf_export import write_lora_gguf, write_model_gguf
+    from studio.ml.export.gguf import write_lora_gguf, write_model_gguf
 
     base_gguf = write_model_gguf(tiny_base_dir, tmp_path / "base.gguf", "f32").path
     lora_gguf = write_lora_gguf(adapter, tiny_base_dir, tmp_path / "lora.gguf", "f32").path
@@ -242,9 +242,9 @@ def test_default_model_gguf_equals_the_one_llama_cpp_wrote(default_base_dir, tmp
     same tensors (dequantized), names, q/k row order and tokenizer metadata."""
     import gguf
 
-    from studio.ml.default_model import find_gguf
-    from studio.ml.gguf_export import write_model_gguf
-    from studio.ml.gguf_file import read_gguf
+    from studio.ml.base.default_model import find_gguf
+    from studio.ml.export.gguf import write_model_gguf
+    from studio.ml.export.gguf_file import read_gguf
 
     result = write_model_gguf(default_base_dir, tmp_path / "smollm2.gguf", "f32")
     assert not result.warnings  # the pre-tokenizer is recognised

@@ -8,8 +8,8 @@ import mmap
 
 import pytest
 
-from studio.core.estimator import EstimateRequest, estimate
-from studio.ml.hardware import (
+from studio.core.train.estimator import EstimateRequest, estimate
+from studio.ml.base.hardware import (
     DeviceInfo,
     capability_summary,
     detect_device,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from studio.ml.label_only_loss import IGNORE_INDEX, decoder_and_head, label_only_loss
+from studio.ml.train.label_only_loss import IGNORE_INDEX, decoder_and_head, label_only_loss
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def test_merged_model_matches_adapted_model(tiny_base_dir, adapter, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from studio.ml.merge_export import merge_and_export
+    from studio.ml.export.merge import merge_and_export
 
     events = []
     dest = tmp_path / "merged"
@@ -84,7 +84,7 @@ def test_merged_model_matches_adapted_model(tiny_base_dir, adapter, tmp_path):
 
 def test_bf16_export_and_end_of_turn_eos(tiny_base_dir, adapter, tmp_path):
     from studio.core.tensorfiles import read_header
-    from studio.ml.merge_export import merge_and_export
+    from studio.ml.export.merge import merge_and_export
 
     base = tmp_path / "base"
     shutil.copytree(tiny_base_dir, base)
@@ -98,7 +98,13 @@ def test_bf16_export_and_end_of_turn_eos(tiny_base_dir, adapter, tmp_path):
 
 
 def test_end_of_turn_check_on_crafted_answers():
-    from studio.ml.smoke import GreedyAnswer, SmokeResult, SmokeTestFailed, ends_at_end_of_turn, require_pass
+    from studio.ml.chat.smoke import (
+        GreedyAnswer,
+        SmokeResult,
+        SmokeTestFailed,
+        ends_at_end_of_turn,
+        require_pass,
+    )
 
     def answer(ids, text="Paris."):
         return GreedyAnswer(prompt="q", text=text, token_ids=tuple(ids), max_new_tokens=8,
@@ -115,14 +121,14 @@ def test_end_of_turn_check_on_crafted_answers():
 
 
 def test_export_that_never_stops_is_refused_and_not_kept(tiny_base_dir, adapter, tmp_path):
-    from studio.ml.merge_export import load_model
-    from studio.ml.smoke import SmokeTestFailed, ends_at_end_of_turn, greedy_chat
+    from studio.ml.chat.smoke import SmokeTestFailed, ends_at_end_of_turn, greedy_chat
+    from studio.ml.export.merge import load_model
 
     model, tokenizer = load_model(tiny_base_dir)
     # Precondition: the random tiny model rambles instead of closing its turn.
     assert ends_at_end_of_turn(greedy_chat(model, tokenizer, "What is the capital of France?")) is not None
 
-    from studio.ml.merge_export import merge_and_export
+    from studio.ml.export.merge import merge_and_export
 
     with pytest.raises(SmokeTestFailed, match="did not end at <\\|im_end\\|>"):
         merge_and_export(tiny_base_dir, adapter, tmp_path / "out", "fp32")  # the default check
@@ -130,7 +136,7 @@ def test_export_that_never_stops_is_refused_and_not_kept(tiny_base_dir, adapter,
 
 
 def test_refuses_without_disk_space(tiny_base_dir, adapter, tmp_path, monkeypatch):
-    from studio.ml import merge_export
+    from studio.ml.export import merge as merge_export
 
     needed = merge_export.estimate_export_bytes(tiny_base_dir, "fp32")
     assert needed > merge_export.estimate_export_bytes(tiny_base_dir, "bf16") > 0
@@ -143,8 +149,8 @@ def test_refuses_without_disk_space(tiny_base_dir, adapter, tmp_path, monkeypatc
 
 
 def test_refuses_adapter_of_another_base_and_existing_dest(tiny_base_dir, adapter, tmp_path):
-    from studio.core.manifest import AdapterManifest, write_manifest
-    from studio.ml.merge_export import merge_and_export
+    from studio.core.library.manifest import AdapterManifest, write_manifest
+    from studio.ml.export.merge import merge_and_export
 
     foreign = tmp_path / "foreign"
     shutil.copytree(adapter, foreign)
@@ -160,8 +166,8 @@ def test_refuses_adapter_of_another_base_and_existing_dest(tiny_base_dir, adapte
 
 
 def test_stop_leaves_nothing(tiny_base_dir, adapter, tmp_path):
-    from studio.core.blend_checks import Cancelled
-    from studio.ml.merge_export import merge_and_export
+    from studio.core.blend.checks import Cancelled
+    from studio.ml.export.merge import merge_and_export
 
     seen = []
     with pytest.raises(Cancelled):
@@ -175,7 +181,7 @@ def test_stop_leaves_nothing(tiny_base_dir, adapter, tmp_path):
 
 
 def test_modelfile_parser_rejects_malformed_files():
-    from studio.core.ollama import modelfile_text, parse_modelfile
+    from studio.core.library.ollama import modelfile_text, parse_modelfile
 
     good = parse_modelfile(modelfile_text("smollm2:135m", chat_template="<|im_start|>x<|im_end|>",
                                           system="Be brief."))
@@ -191,8 +197,8 @@ def test_modelfile_parser_rejects_malformed_files():
 def test_ollama_bundle_is_well_formed_and_its_adapter_loads(tiny_base_dir, adapter, tmp_path):
     import torch
 
-    from studio.core.ollama import CHATML_STOPS, parse_modelfile
-    from studio.ml.merge_export import export_ollama
+    from studio.core.library.ollama import CHATML_STOPS, parse_modelfile
+    from studio.ml.export.merge import export_ollama
 
     dest = tmp_path / "bundle"
     result = export_ollama(tiny_base_dir, adapter, dest, from_ref="smollm2:135m", adapter_name="tiny",
@@ -213,7 +219,7 @@ def test_ollama_bundle_is_well_formed_and_its_adapter_loads(tiny_base_dir, adapt
 
 
 def test_ollama_bundle_without_chatml_has_no_template(adapter, tmp_path):
-    from studio.core.ollama import parse_modelfile, write_bundle
+    from studio.core.library.ollama import parse_modelfile, write_bundle
 
     bundle = write_bundle(adapter, tmp_path / "b", from_ref="/models/llama", chat_template="{{ messages }}")
     names = [name for name, _ in parse_modelfile(bundle.modelfile.read_text())]
@@ -229,7 +235,7 @@ def test_merge_into_default_model_answers_and_stops(default_base_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from studio.ml.merge_export import merge_and_export
+    from studio.ml.export.merge import merge_and_export
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(default_base_dir, dtype=torch.float32)
@@ -251,7 +257,7 @@ def test_merge_into_default_model_answers_and_stops(default_base_dir, tmp_path):
 
 @pytest.fixture
 def library(studio_home, tiny_base_dir, adapter):
-    from studio.core.library import AdapterLibrary
+    from studio.core.library.store import AdapterLibrary
 
     shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
     lib = AdapterLibrary(studio_home)
@@ -263,8 +269,8 @@ def library(studio_home, tiny_base_dir, adapter):
 def test_library_export_is_smoke_tested(library, tiny_base_dir, adapter, tmp_path, fmt):
     import torch
 
-    from studio.ml.export_library import export_adapter
-    from studio.ml.smoke import SmokeTestFailed
+    from studio.ml.chat.smoke import SmokeTestFailed
+    from studio.ml.export.library_export import export_adapter
 
     exports = tmp_path / "exports"  # (tmp_path also holds the data directory)
     exports.mkdir()
@@ -282,8 +288,8 @@ def test_library_export_is_smoke_tested(library, tiny_base_dir, adapter, tmp_pat
 
 
 def test_cli_merge_and_export_ollama(library, tmp_path, capsys, monkeypatch):
-    from studio.cli import run
-    from studio.ml import smoke
+    from studio.cli.main import run
+    from studio.ml.chat import smoke
 
     dest = tmp_path / "merged"
     assert run(["merge", "tiny", str(dest), "--dtype", "fp32"]) == 1  # the real check refuses the tiny model

@@ -16,7 +16,7 @@ from tests.tiny_model import make_tiny_adapter
 def test_full_rank_reproduces_the_delta():
     import torch
 
-    from studio.ml.resize import resize_delta
+    from studio.ml.blend.resize import resize_delta
 
     torch.manual_seed(0)
     a, b = torch.randn(6, 20), torch.randn(30, 6)
@@ -30,7 +30,7 @@ def test_full_rank_reproduces_the_delta():
 def test_smaller_rank_is_the_truncated_svd_optimum():
     import torch
 
-    from studio.ml.resize import resize_delta
+    from studio.ml.blend.resize import resize_delta
 
     torch.manual_seed(1)
     a, b = torch.randn(8, 40), torch.randn(24, 8)
@@ -48,7 +48,7 @@ def test_smaller_rank_is_the_truncated_svd_optimum():
 
 @pytest.fixture
 def library(studio_home, tiny_base_dir: Path, tmp_path: Path):
-    from studio.core.library import AdapterLibrary
+    from studio.core.library.store import AdapterLibrary
 
     shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
     folder = make_tiny_adapter(tiny_base_dir, tmp_path / "parent", rank=8, seed=5, targets=("q_proj", "v_proj"))
@@ -79,7 +79,7 @@ def _deltas(base: Path, adapter: Path) -> dict[str, object]:
 def test_resized_adapter_is_a_new_library_entry_that_loads_in_peft(library, tiny_base_dir):
     import torch
 
-    from studio.ml.resize import resize_adapter
+    from studio.ml.blend.resize import resize_adapter
 
     parent = library.get("parent")
     events = []
@@ -111,7 +111,7 @@ def test_resized_adapter_is_a_new_library_entry_that_loads_in_peft(library, tiny
 
 @pytest.mark.parametrize("rank", [0, -1, 8, 12])
 def test_refuses_ranks_that_do_not_shrink_it(library, rank):
-    from studio.ml.resize import resize_adapter
+    from studio.ml.blend.resize import resize_adapter
 
     before = sorted(p.name for p in library.data.root.iterdir())
     with pytest.raises(StudioError, match=r"between 1 and 7 \(the adapter's rank is 8\)"):

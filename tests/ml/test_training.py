@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from studio.core import events as ev
 from studio.core.errors import StudioError
-from studio.core.library import AdapterLibrary
-from studio.core.train_config import PRESETS, TrainConfig
-from studio.ml import checkpoints
+from studio.core.library.store import AdapterLibrary
+from studio.core.train import events as ev
+from studio.core.train.config import PRESETS, TrainConfig
+from studio.ml.train import checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def tiny_config(folder: Path, base: Path, **overrides) -> TrainConfig:
 
 
 def train(config: TrainConfig, home, should_stop=None):
-    from studio.ml.training import run_training
+    from studio.ml.train.run import run_training
 
     seen: list[ev.Event] = []
     result = run_training(config, home, on_event=seen.append, should_stop=should_stop)
@@ -126,7 +126,7 @@ def test_train_config_presets_round_trip_and_checks() -> None:
 def test_pad_token_is_made_distinct_from_eos(tiny_base_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    from studio.ml.model_loading import fix_pad_token
+    from studio.ml.base.loading import fix_pad_token
 
     tok = AutoTokenizer.from_pretrained(tiny_base_dir)
     tok.pad_token = tok.eos_token  # as SmolLM2 ships it
@@ -141,7 +141,7 @@ def test_cpu_4bit_layers_keep_their_gradient_after_an_eval_forward(tiny_base_dir
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from studio.ml.model_loading import choose_device, load_base_for_training
+    from studio.ml.base.loading import choose_device, load_base_for_training
 
     base = load_base_for_training(tiny_base_dir, "4bit", choose_device("cpu"), gradient_checkpointing=False)
     torch.manual_seed(0)
@@ -168,7 +168,7 @@ def test_cpu_4bit_layers_keep_their_gradient_after_an_eval_forward(tiny_base_dir
 def test_short_run_reports_events_and_adds_a_loadable_adapter(quant, math_folder, tiny_base_dir, studio_home):
     import torch
 
-    from studio.ml.model_loading import load_for_inference
+    from studio.ml.base.loading import load_for_inference
 
     result, seen = train(tiny_config(math_folder, tiny_base_dir, quant=quant), studio_home)
     assert result.status == "finished", result.message
@@ -223,7 +223,7 @@ def test_stop_leaves_a_checkpoint_and_resume_ends_at_the_same_step(math_folder, 
     def should_stop() -> bool:
         return bool(seen_steps) and seen_steps[-1] >= stop_after
 
-    from studio.ml.training import run_training
+    from studio.ml.train.run import run_training
 
     events_a: list[ev.Event] = []
 
@@ -278,7 +278,7 @@ def test_oom_at_micro_batch_1_fails_cleanly_and_frees_the_model(math_folder, tin
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from studio.ml import model_loading
+    from studio.ml.base import loading as model_loading
 
     loaded: list[weakref.ref] = []
     real_loader = model_loading.load_base_for_training
@@ -343,7 +343,7 @@ def test_early_stopping_keeps_the_best_checkpoint(math_folder, tiny_base_dir, st
 def test_slow_steps_are_reported_and_mfu_needs_a_known_gpu(tmp_path):
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from studio.ml.callbacks import RunTracker, StudioCallback, peak_flops
+    from studio.ml.train.callbacks import RunTracker, StudioCallback, peak_flops
 
     assert peak_flops("cuda", "NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("cpu", "AMD EPYC") is None
     assert peak_flops("cuda", "Some Future GPU") is None
@@ -363,7 +363,7 @@ def test_slow_steps_are_reported_and_mfu_needs_a_known_gpu(tmp_path):
 
 def test_quantization_this_machine_lacks_falls_back_to_full_precision(math_folder, tiny_base_dir, studio_home,
                                                                      monkeypatch):
-    from studio.ml import model_loading
+    from studio.ml.base import loading as model_loading
 
     real_loader = model_loading.load_base_for_training
 
@@ -393,7 +393,7 @@ def test_bad_inputs_fail_with_a_message(tiny_base_dir, studio_home, tmp_path):
 def test_the_default_models_first_conversion_is_reported_as_it_goes(math_folder, tiny_base_dir, studio_home,
                                                                       monkeypatch):
     """Training the default base on a fresh data directory converts it first (~20 s): the run says so."""
-    from studio.ml import default_model
+    from studio.ml.base import default_model
 
     def convert(data, progress=None):  # the conversion itself is tested in tests/e2e/test_default_model.py
         progress(0.5, "Dequantizing the weights…")
@@ -409,7 +409,7 @@ def test_the_default_models_first_conversion_is_reported_as_it_goes(math_folder,
 
 
 def test_cli_entry_point_streams_json_events(math_folder, tiny_base_dir, studio_home, capsys):
-    from studio.ml.train_cli import main
+    from studio.cli.train_run import main
 
     code = main(["--home", str(studio_home.root), "--json", str(math_folder), "--base", str(tiny_base_dir),
                  "--quant", "none", "--rank", "4", "--max-steps", "3", "--seq-len", "64", "--micro-batch", "2",
@@ -433,7 +433,7 @@ def test_a_kept_checkpoint_the_user_picks_becomes_an_adapter(math_folder, tiny_b
     """Not only the best: any complete checkpoint the run kept can be saved to the library (CLI verbs)."""
     from safetensors.torch import load_file
 
-    from studio.cli import run
+    from studio.cli.main import run
 
     result, _ = train(tiny_config(math_folder, tiny_base_dir, adapter_name="picked", keep_checkpoints=5,
                                   checkpoint_every=2, eval_every=2, max_steps=6), studio_home)
@@ -475,8 +475,8 @@ def test_a_kept_checkpoint_the_user_picks_becomes_an_adapter(math_folder, tiny_b
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from studio.core.paths import data_dir
-    from studio.core.train_config import TrainConfig
-    from studio.ml.training import run_training
+    from studio.core.train.config import TrainConfig
+    from studio.ml.train.run import run_training
     config = TrainConfig.from_dict(__import__("json").loads(sys.argv[2]))
     def slow(event):
         if event.to_dict()["type"] == "step":

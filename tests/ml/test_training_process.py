@@ -10,11 +10,11 @@ import signal
 
 import pytest
 
-from studio.core import events as ev
 from studio.core.errors import StudioError
-from studio.core.train_config import TrainConfig
-from studio.ml import checkpoints
-from studio.ml.training_process import LOG_NAME, TrainingProcessError, run_training_in_child
+from studio.core.train import events as ev
+from studio.core.train.config import TrainConfig
+from studio.ml.train import checkpoints
+from studio.ml.train.child_process import LOG_NAME, TrainingProcessError, run_training_in_child
 from tests.ml.test_training import math_folder, of, tiny_config  # noqa: F401 - math_folder is a fixture
 
 

@@ -1,0 +1,1 @@
+"""`lora-studio VERB ...`: the studio's verbs, headless, one module per verb group."""

@@ -1,0 +1,1 @@
+"""Blend recipes and the checks that run before a blend loads anything."""

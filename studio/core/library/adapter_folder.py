@@ -1,0 +1,350 @@
+"""Validate and describe one adapter folder in peft's layout, without loading a single weight.
+
+An adapter folder holds peft's `adapter_config.json`, `adapter_model.safetensors` and, when the
+studio made or imported it, our `studio.json`. `inspect_adapter` checks the config is a LoRA config
+peft understands, the weights are a whole safetensors file (never a pickle), the tensor names are
+LoRA's with ranks matching `r`, and, when the claimed base model can be found, that every LoRA
+matrix fits the base's Linear weight. A folder without `studio.json` gets a manifest inferred from
+its config. Unpacking a .zip safely is studio.core.library.archive's job; `find_adapter_root` finds the
+adapter inside what it unpacked. Knows nothing about where the library keeps folders, the trash or ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from studio.core.errors import StudioError
+from studio.core.library.archive import ZIP_JUNK
+from studio.core.library.manifest import AdapterManifest, read_manifest
+from studio.core.paths import DataDir
+from studio.core.tensorfiles import TensorInfo, read_header
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+PEFT_PREFIX = "base_model.model."
+LORA_TENSOR = re.compile(
+    r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+    r"(?:\.[^.]+)?(?:\.weight)?$"
+)
+# peft saves the full weight of a targeted embedding / output head beside its LoRA pair (its
+# save_embedding_layers="auto"), e.g. "lm_head.base_layer.weight" when a tied lm_head is targeted.
+EMBEDDING_COPY = re.compile(r"^(?P<module>.+\.)?(embed_tokens|lm_head|wte)(\.base_layer)?\.weight$")
+CONVERT_HINT = (
+    "Convert it once, in Python, after checking you trust its source: "
+    "`import torch; from safetensors.torch import save_file; "
+    "save_file(torch.load('adapter_model.bin', weights_only=True), 'adapter_model.safetensors')`, "
+    "then remove the .bin and import the folder again."
+)
+
+BaseLookup = Callable[[str], "Path | None"]
+
+
+@dataclass
+class AdapterInfo:
+    """What `inspect_adapter` found: the folder's config, manifest (read or inferred) and base."""
+
+    path: Path
+    config: dict[str, Any]
+    manifest: AdapterManifest
+    inferred: bool  # True when the manifest was inferred (no usable studio.json)
+    tensors: dict[str, TensorInfo]
+    modules: list[str]  # base module names the LoRA matrices attach to
+    weights_bytes: int
+    base_path: Path | None = None
+    base_fingerprint: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- config and weights files
+
+
+def read_adapter_config(folder: Path, label: str) -> dict[str, Any]:
+    """peft's adapter_config.json, checked to be a LoRA config peft can load."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise StudioError(f"{label} is not a peft adapter: it has no {CONFIG_NAME}.",
+                          hint="Pick the folder (or .zip) that holds adapter_config.json and "
+                               "adapter_model.safetensors, as written by peft's save_pretrained.")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StudioError(f"{label}: {CONFIG_NAME} is not valid JSON ({err}).",
+                          hint="Restore the file from the adapter's original source.") from err
+    if not isinstance(config, dict):
+        raise StudioError(f"{label}: {CONFIG_NAME} should hold a JSON object.")
+    peft_type = str(config.get("peft_type") or "")
+    if peft_type.upper() != "LORA":
+        raise StudioError(f"{label} is a {peft_type or 'unknown'} adapter, not LoRA "
+                          f"(adapter_config.json says peft_type={peft_type or 'nothing'!r}).",
+                          hint="The studio handles LoRA adapters (LoRA, DoRA, rsLoRA) only.")
+    rank = config.get("r")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise StudioError(f"{label}: {CONFIG_NAME} has no valid rank 'r' (found {rank!r}).")
+    if not config.get("target_modules") and not config.get("target_parameters"):
+        raise StudioError(f"{label}: {CONFIG_NAME} names no target_modules.")
+    alpha = config.get("lora_alpha", 8)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise StudioError(f"{label}: {CONFIG_NAME} has a non-numeric lora_alpha ({alpha!r}).")
+    return config
+
+
+def pickled_weights(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+
+
+def check_weights_present(folder: Path, label: str) -> None:
+    """Refuse a folder whose only weights are pickles (or that has no weights at all)."""
+    if (folder / WEIGHTS_NAME).is_file():
+        return
+    pickles = pickled_weights(folder)
+    if pickles:
+        names = ", ".join(p.name for p in pickles)
+        raise StudioError(f"{label} has pickled weights ({names}) and no {WEIGHTS_NAME}. The studio "
+                          "does not load pickles, because unpickling a file can run any code.",
+                          hint=CONVERT_HINT)
+    raise StudioError(f"{label} has no {WEIGHTS_NAME}.",
+                      hint="Save the adapter with peft's save_pretrained (safetensors is its default).")
+
+
+# ---------------------------------------------------------------- manifest inference
+
+
+def method_of(config: dict[str, Any]) -> str:
+    if config.get("use_dora"):
+        return "dora"
+    return "rslora" if config.get("use_rslora") else "lora"
+
+
+def target_list(config: dict[str, Any]) -> list[str]:
+    targets = config.get("target_modules") or config.get("target_parameters") or []
+    return [targets] if isinstance(targets, str) else sorted(str(t) for t in targets)
+
+
+def infer_manifest(folder: Path, config: dict[str, Any], *, source: str = "inferred") -> AdapterManifest:
+    """A manifest built from peft's config alone, for adapters that arrive without studio.json."""
+    mtime = (folder / CONFIG_NAME).stat().st_mtime
+    created = datetime.fromtimestamp(mtime, timezone.utc).replace(microsecond=0).isoformat()
+    return AdapterManifest(
+        id=folder.name, name=folder.name, base_model=str(config.get("base_model_name_or_path") or ""),
+        method=method_of(config), rank=int(config["r"]), alpha=float(config.get("lora_alpha", 8)),
+        target_modules=target_list(config),
+        hyperparameters={"lora_dropout": config.get("lora_dropout", 0.0), "bias": config.get("bias", "none")},
+        source=source, created=created,
+    )
+
+
+# ---------------------------------------------------------------- finding the claimed base
+
+
+def default_base_lookup(data: DataDir) -> BaseLookup:
+    """name -> base model folder or None: a folder path, the studio's models/, then the HF cache.
+
+    Cheap checks come first, so listing a library does not import transformers.
+    """
+    from studio.core.basemodels import resolve_base_model
+
+    cache: dict[str, Path | None] = {}
+
+    def lookup(name: str) -> Path | None:
+        if name in cache:
+            return cache[name]
+        found: Path | None = None
+        candidate = Path(name).expanduser()
+        path_like = candidate.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+        for folder in (candidate, data.models / name.replace("/", "--"), data.models / candidate.name):
+            if candidate.name and folder.is_dir() and (folder / "config.json").is_file():
+                found = folder
+                break
+        if found is None and not path_like:
+            try:
+                found = resolve_base_model(data, name).path
+            except StudioError as err:
+                log.debug("Base %r not found: %s", name, err)
+        cache[name] = found
+        return found
+
+    return lookup
+
+
+def find_by_fingerprint(data: DataDir, wanted: str) -> Path | None:
+    from studio.core.basemodels import fingerprint, read_config, tensor_infos
+
+    if not data.models.is_dir():
+        return None
+    for folder in sorted(p for p in data.models.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            if fingerprint(read_config(folder), tensor_infos(folder)) == wanted:
+                return folder
+        except StudioError:
+            continue
+    return None
+
+
+# ---------------------------------------------------------------- tensors
+
+
+def _module_rank(config: dict[str, Any], module: str) -> int:
+    for pattern, rank in (config.get("rank_pattern") or {}).items():
+        if re.match(rf"(.*\.)?{pattern}$", module):
+            return int(rank)
+    return int(config["r"])
+
+
+def group_lora_tensors(tensors: dict[str, TensorInfo], config: dict[str, Any], label: str
+                       ) -> dict[str, dict[str, TensorInfo]]:
+    """Base module name -> {lora_A, lora_B, ...}, after checking names, pairs and ranks."""
+    extra_allowed = bool(config.get("modules_to_save") or config.get("trainable_token_indices"))
+    groups: dict[str, dict[str, TensorInfo]] = {}
+    for name, info in tensors.items():
+        match = LORA_TENSOR.match(name)
+        if not match:
+            if extra_allowed or EMBEDDING_COPY.match(name):
+                continue
+            raise StudioError(f"{label}: tensor {name!r} is not a LoRA tensor (expected names ending in "
+                              "lora_A / lora_B / lora_magnitude_vector).",
+                              hint="This file does not look like a peft LoRA adapter.")
+        module = match["module"].removeprefix(PEFT_PREFIX)
+        groups.setdefault(module, {})[match["kind"].replace("embedding_", "")] = info
+    if not groups:
+        raise StudioError(f"{label}: {WEIGHTS_NAME} holds no LoRA tensors.")
+    for module, parts in groups.items():
+        if "lora_A" not in parts or "lora_B" not in parts:
+            raise StudioError(f"{label}: module {module!r} has only one of lora_A / lora_B; the file is incomplete.")
+        a, b = parts["lora_A"], parts["lora_B"]
+        rank = _module_rank(config, module)
+        if len(a.shape) < 2 or len(b.shape) < 2 or a.shape[0] != rank or b.shape[1] != rank:
+            raise StudioError(f"{label}: the rank of {a.name!r} {list(a.shape)} and {b.name!r} "
+                              f"{list(b.shape)} does not match r={rank} in {CONFIG_NAME}.",
+                              hint="The config and the weights come from different adapters.")
+    return groups
+
+
+def tied_embedding(base: dict[str, TensorInfo]) -> TensorInfo | None:
+    """The token embedding a model without its own lm_head weight ties its output head to."""
+    return next((info for name, info in base.items() if name.endswith(("embed_tokens.weight", "wte.weight"))),
+                None)
+
+
+def check_fits_base(groups: dict[str, dict[str, TensorInfo]], base: dict[str, TensorInfo],
+                    config: dict[str, Any], label: str, base_label: str) -> None:
+    """Every LoRA pair must match the (out, in) shape of the base weight it attaches to."""
+    claimed = config.get("base_model_name_or_path") or "?"
+    hint = (f"The adapter was made for a different model than {claimed!r}. Use it with the base it was "
+            "trained on, or fix base_model_name_or_path in adapter_config.json.")
+    for module, parts in groups.items():
+        weight = next((base[n] for n in (f"{module}.weight", f"{module.removeprefix('model.')}.weight")
+                       if n in base), None)
+        if weight is None and module.split(".")[-1] == "lm_head":
+            weight = tied_embedding(base)  # tied embeddings: the output head is the input embedding
+        a, b = parts["lora_A"], parts["lora_B"]
+        if weight is None:
+            raise StudioError(f"Adapter {label} does not fit base model {base_label}: tensor {a.name!r} "
+                              f"attaches to {module!r}, which the base model does not have.", hint=hint)
+        if len(weight.shape) < 2:
+            raise StudioError(f"Adapter {label} does not fit base model {base_label}: {module!r} is not "
+                              f"a Linear layer there (shape {list(weight.shape)}).", hint=hint)
+        out_f, in_f = weight.shape[0], weight.shape[1]
+        if config.get("fan_in_fan_out") or "lora_embedding_A" in a.name:
+            out_f, in_f = in_f, out_f  # Conv1D and Embedding store (in, out)
+        for tensor, dim, expected in ((a, 1, in_f), (b, 0, out_f)):
+            if tensor.shape[dim] != expected:
+                want = [tensor.shape[0], expected] if dim == 1 else [expected, tensor.shape[1]]
+                raise StudioError(
+                    f"Adapter {label} does not fit base model {base_label}: tensor {tensor.name!r} has "
+                    f"shape {list(tensor.shape)}, but the base's {weight.name!r} has shape "
+                    f"{list(weight.shape)}, so it should be {want}.", hint=hint)
+        magnitude = parts.get("lora_magnitude_vector")
+        if magnitude is not None and magnitude.shape and magnitude.shape[0] != out_f:
+            raise StudioError(f"Adapter {label} does not fit base model {base_label}: DoRA magnitude "
+                              f"{magnitude.name!r} has shape {list(magnitude.shape)}, expected [{out_f}].",
+                              hint=hint)
+
+
+def find_adapter_root(root: Path, label: str) -> Path:
+    """The folder of an unpacked zip holding adapter_config.json: the root or its one sub-folder."""
+    if (root / CONFIG_NAME).is_file():
+        return root
+    subs = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name not in ZIP_JUNK and not p.name.startswith(".")]
+    hits = [p for p in subs if (p / CONFIG_NAME).is_file()]
+    if len(hits) > 1:
+        raise StudioError(f"{label} holds several adapters ({', '.join(p.name for p in hits)}).",
+                          hint="Import them one at a time, as separate zips or folders.")
+    if hits:
+        return hits[0]
+    read_adapter_config(root, label)  # raises "not a peft adapter: no adapter_config.json"
+    return root
+
+
+# ---------------------------------------------------------------- the whole inspection
+
+
+def inspect_adapter(folder: Path | str, base_lookup: BaseLookup | None = None, *,
+                    data: DataDir | None = None, label: str | None = None) -> AdapterInfo:
+    """Validate an adapter folder and describe it; every refusal is a StudioError.
+
+    `base_lookup` maps the claimed base name to a base model folder (or None when it is not
+    available); by default it searches `data` (the studio's data directory) and the HF cache.
+    `label` names the adapter in messages (default: the folder name).
+    """
+    folder = Path(folder)
+    label = label or repr(folder.name)
+    if not folder.is_dir():
+        raise StudioError(f"{label} is not a folder.")
+    config = read_adapter_config(folder, label)
+    check_weights_present(folder, label)
+    warnings: list[str] = []
+    if pickled_weights(folder):
+        warnings.append("Pickled weight files in the folder are ignored; only adapter_model.safetensors is used.")
+    tensors = read_header(folder / WEIGHTS_NAME)
+    groups = group_lora_tensors(tensors, config, label)
+
+    manifest: AdapterManifest | None = None
+    try:
+        manifest = read_manifest(folder)
+    except (StudioError, TypeError, ValueError) as err:
+        warnings.append(f"studio.json could not be read ({err}); its details were inferred again.")
+    inferred = manifest is None
+    if manifest is None:
+        manifest = infer_manifest(folder, config)
+    manifest.id = folder.name
+
+    if base_lookup is None:
+        if data is None:
+            from studio.core.paths import data_dir
+
+            data = data_dir()
+        base_lookup = default_base_lookup(data)
+    claims = [c for c in dict.fromkeys((manifest.base_model, str(config.get("base_model_name_or_path") or ""))) if c]
+    base_path = next((p for p in (base_lookup(c) for c in claims) if p is not None), None)
+    if base_path is None and manifest.base_fingerprint and data is not None:
+        base_path = find_by_fingerprint(data, manifest.base_fingerprint)
+
+    base_fp = ""
+    if base_path is None:
+        warnings.append(f"Base model {claims[0] if claims else '(none named)'!r} was not found, so the adapter's "
+                        "shapes could not be checked against it.")
+    else:
+        from studio.core.basemodels import fingerprint, read_config, tensor_infos
+
+        base_tensors = tensor_infos(base_path)
+        base_label = repr(claims[0] if claims else base_path.name)
+        if claims and base_path.name != claims[0]:
+            base_label += f" (found at {base_path})"
+        check_fits_base(groups, base_tensors, config, label, base_label)
+        base_fp = fingerprint(read_config(base_path), base_tensors)
+        if manifest.base_fingerprint and manifest.base_fingerprint != base_fp:
+            warnings.append(f"The adapter was trained on a base with fingerprint {manifest.base_fingerprint}; "
+                            f"{base_path.name} has {base_fp}. Its shapes fit, but outputs may differ.")
+    return AdapterInfo(path=folder, config=config, manifest=manifest, inferred=inferred, tensors=tensors,
+                       modules=sorted(groups), weights_bytes=sum(t.nbytes for t in tensors.values()),
+                       base_path=base_path, base_fingerprint=base_fp, warnings=warnings)

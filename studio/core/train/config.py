@@ -1,0 +1,192 @@
+"""What a training run is asked to do: the `TrainConfig` dataclass, its presets and its checks.
+
+A config is plain data (to_dict/from_dict, stored as runs/<run-id>/config.json). `validate()` raises
+StudioError saying which value is wrong and what to use instead. Presets ("style", "task",
+"knowledge") fill rank/alpha/targets/learning rate/epochs for the three usual goals. This module
+knows nothing about torch or how training runs; the engine is studio.ml.train.run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from studio.core.basemodels import DEFAULT_BASE_ID
+from studio.core.errors import StudioError
+
+METHODS = ("lora", "dora", "rslora")
+QUANTS = ("4bit", "8bit", "none")
+TARGET_PRESETS = ("attention", "all-linear")
+SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
+DEVICES = ("auto", "cuda", "cpu", "mps")
+LONG_SAMPLES = ("truncate", "drop")
+SCHEMA_VERSION = 1
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tone and format: few parameters, attention only, short.
+    "style": {"rank": 8, "alpha": 16.0, "targets": "attention", "learning_rate": 2e-4, "epochs": 2.0,
+              "dropout": 0.05},
+    # A task (extraction, classification, a fixed answer shape): every linear layer.
+    "task": {"rank": 16, "alpha": 32.0, "targets": "all-linear", "learning_rate": 2e-4, "epochs": 3.0,
+             "dropout": 0.05},
+    # New facts: a large rank, more epochs, a gentler rate.
+    "knowledge": {"rank": 64, "alpha": 128.0, "targets": "all-linear", "learning_rate": 1e-4, "epochs": 5.0,
+                  "dropout": 0.05},
+}
+PRESET_HELP = {
+    "style": "tone and format (rank 8, attention layers, 2 epochs)",
+    "task": "a task or answer shape (rank 16, all linear layers, 3 epochs)",
+    "knowledge": "new facts (rank 64, all linear layers, 5 epochs)",
+}
+
+
+@dataclass
+class TrainConfig:
+    data_folder: str = ""
+    adapter_name: str = ""  # default: the data folder's name
+    base: str = DEFAULT_BASE_ID  # a studio model id, a Hugging Face cache repo id, or a model folder
+    preset: str = ""  # informational once applied: "style" | "task" | "knowledge" | ""
+    method: str = "lora"  # lora | dora | rslora
+    quant: str = "4bit"  # 4bit (NF4, double quantization) | 8bit | none
+    targets: str | list[str] = "all-linear"  # "attention" | "all-linear" | explicit module names
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    learning_rate: float = 2e-4
+    lr_schedule: str = "cosine"
+    warmup_ratio: float = 0.03
+    warmup_steps: int = 0  # > 0 overrides warmup_ratio
+    epochs: float = 3.0
+    max_steps: int = 0  # > 0 overrides epochs
+    micro_batch_size: int = 2  # packed rows per forward pass
+    grad_accum: int = 4
+    seq_len: int = 1024
+    val_fraction: float = 0.1
+    eval_every: int = 0  # steps; 0 = about ten evaluations per run
+    checkpoint_every: int = 0  # steps; 0 = about five checkpoints per run
+    keep_checkpoints: int = 2  # the last K complete checkpoints are kept (plus the best)
+    sample_every: int = 0  # steps; 0 = never
+    probe_prompts: list[str] = field(default_factory=list)  # default: the first validation questions
+    sample_max_new_tokens: int = 32
+    early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
+    seed: int = 42
+    gradient_checkpointing: bool = True
+    long_samples: str = "truncate"  # truncate | drop
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    device: str = "auto"  # auto | cuda | cpu | mps
+    memory_every: int = 5  # steps between Memory events
+    slow_step_factor: float = 3.0  # a step this many times the median is reported
+    parent_adapter: str = ""  # continue training this library adapter (its rank/targets are kept)
+    resume: str = ""  # run id to resume from its last complete checkpoint
+    notes: str = ""
+    # Test-only: raise torch.OutOfMemoryError once, in the training step of this step number (1-based).
+    _inject_oom_at_step: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> TrainConfig:
+        """A config from one of PRESETS, with any field overridden."""
+        if preset not in PRESETS:
+            raise StudioError(f"Unknown preset {preset!r}.", hint=f"Use one of: {', '.join(PRESETS)}.")
+        return cls(**{**PRESETS[preset], "preset": preset, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["targets"] = list(self.targets) if isinstance(self.targets, (list, tuple)) else self.targets
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise StudioError(f"Unknown training setting(s): {', '.join(unknown)}.",
+                              hint="Check the spelling against `lora-studio train --help`.")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------ checks
+
+    def validate(self) -> TrainConfig:
+        """Raise StudioError on the first value that cannot work; returns self."""
+        if not self.data_folder and not self.resume:
+            raise StudioError("No data folder was given.", hint="Choose the folder that holds your training files.")
+        _choice("method", self.method, METHODS)
+        _choice("quant", self.quant, QUANTS)
+        _choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        _choice("device", self.device, DEVICES)
+        _choice("long_samples", self.long_samples, LONG_SAMPLES)
+        if self.preset:
+            _choice("preset", self.preset, tuple(PRESETS))
+        if isinstance(self.targets, str):
+            _choice("targets", self.targets, TARGET_PRESETS)
+        elif not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+            raise StudioError("targets must be 'attention', 'all-linear' or a list of module names.")
+        _positive("rank", self.rank)
+        _positive("micro_batch_size", self.micro_batch_size)
+        _positive("grad_accum", self.grad_accum)
+        _positive("keep_checkpoints", self.keep_checkpoints)
+        _positive("sample_max_new_tokens", self.sample_max_new_tokens)
+        if self.alpha <= 0:
+            raise StudioError(f"alpha must be positive, not {self.alpha}.", hint="A common choice is 2 x rank.")
+        if not 0 <= self.dropout < 1:
+            raise StudioError(f"dropout must be in [0, 1), not {self.dropout}.")
+        if not 0 < self.learning_rate < 1:
+            raise StudioError(f"learning_rate {self.learning_rate} is out of range.",
+                              hint="LoRA usually trains well between 1e-5 and 5e-4.")
+        if not 0 <= self.warmup_ratio < 1 or self.warmup_steps < 0:
+            raise StudioError("warmup_ratio must be in [0, 1) and warmup_steps >= 0.")
+        if self.max_steps < 0 or (self.max_steps == 0 and not self.epochs > 0):
+            raise StudioError("Give a positive number of epochs or max_steps.")
+        if self.seq_len < 16:
+            raise StudioError(f"seq_len {self.seq_len} is too short.", hint="Use 256 to 4096 tokens.")
+        if not 0 <= self.val_fraction < 0.9:
+            raise StudioError(f"val_fraction must be in [0, 0.9), not {self.val_fraction}.")
+        for name in ("eval_every", "checkpoint_every", "sample_every", "early_stopping_patience",
+                     "memory_every", "_inject_oom_at_step"):
+            if getattr(self, name) < 0:
+                raise StudioError(f"{name} cannot be negative.")
+        if self.slow_step_factor <= 1:
+            raise StudioError("slow_step_factor must be above 1.")
+        return self
+
+    # ------------------------------------------------------------ derived values
+
+    @property
+    def effective_batch(self) -> int:
+        return self.micro_batch_size * self.grad_accum
+
+    def total_steps(self, train_rows: int) -> int:
+        """Optimizer steps for `train_rows` packed rows (max_steps, else epochs over the rows)."""
+        if self.max_steps > 0:
+            return self.max_steps
+        per_epoch = max(1, math.ceil(train_rows / self.effective_batch))
+        return max(1, math.ceil(per_epoch * self.epochs))
+
+    def eval_interval(self, total: int) -> int:
+        return self.eval_every or max(1, total // 10)
+
+    def checkpoint_interval(self, total: int) -> int:
+        return self.checkpoint_every or max(1, total // 5)
+
+    def display_name(self) -> str:
+        from pathlib import Path
+
+        return self.adapter_name or (Path(self.data_folder).name if self.data_folder else "") or "adapter"
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise StudioError(f"{name} {value!r} is not supported.", hint=f"Use one of: {', '.join(allowed)}.")
+
+
+def _positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise StudioError(f"{name} must be a positive whole number, not {value!r}.")

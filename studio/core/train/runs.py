@@ -1,0 +1,108 @@
+"""The training runs in the data directory, summarised from their files: for the run browser and the CLI.
+
+`list_runs(data)` reads runs/<run-id>/config.json and metrics.jsonl into RunSummary rows. A run
+whose last event is not Finished, Failed or Stopped was interrupted (the app closed or crashed),
+unless another live process holds its lock (studio.core.train.run_lock): then it is running elsewhere.
+Plain Python, no torch or Qt.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from studio.core.paths import DataDir
+from studio.core.train import run_lock
+from studio.core.train.events import Eval, Failed, Finished, RunStarted, Step, Stopped, read_events
+
+RESUMABLE = ("interrupted", "stopped", "failed")
+HIDDEN_DIFF_KEYS = {"schema_version", "resume", "_inject_oom_at_step"}
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    folder: Path
+    config: dict[str, Any]
+    status: str  # finished | stopped | failed | interrupted | running (in another process)
+    step: int = 0
+    max_steps: int = 0
+    final_loss: float | None = None
+    best_eval: float | None = None
+    adapter_id: str | None = None
+    message: str = ""
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.config.get("adapter_name") or Path(self.config.get("data_folder", "") or self.run_id).name
+
+    @property
+    def started(self) -> str:
+        """From the run id (YYYYmmdd-HHMMSS-...)."""
+        stamp = self.run_id[:15]
+        if len(stamp) == 15 and stamp[8] == "-" and stamp.replace("-", "").isdigit():
+            return f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}"
+        return ""
+
+    @property
+    def resumable(self) -> bool:
+        return self.status in RESUMABLE
+
+
+def summarize_run(folder: Path) -> RunSummary | None:
+    """One run folder as a RunSummary; None when it has no readable config.json."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    events = read_events(folder / "metrics.jsonl")
+    summary = RunSummary(run_id=folder.name, folder=folder, config=config, status="interrupted")
+    by_step: dict[int, float] = {}  # a resumed run redoes steps after its checkpoint: keep the latest
+    for event in events:
+        if isinstance(event, Step):
+            by_step[event.step] = event.loss
+            summary.step, summary.max_steps, summary.final_loss = event.step, event.max_steps, event.loss
+        elif isinstance(event, Eval):
+            summary.best_eval = event.eval_loss if summary.best_eval is None else min(summary.best_eval, event.eval_loss)
+        elif isinstance(event, RunStarted):
+            summary.max_steps = event.max_steps
+            summary.status = "interrupted"
+        elif isinstance(event, Finished):
+            summary.status, summary.adapter_id = "finished", event.adapter_id
+        elif isinstance(event, Stopped):
+            summary.status = "stopped"
+        elif isinstance(event, Failed):
+            summary.status, summary.message = "failed", event.message
+    if summary.status == "interrupted" and run_lock.holder(folder) is not None:
+        summary.status = "running"  # another live process (a second window, the CLI) is training it
+    summary.steps = sorted(by_step)
+    summary.losses = [by_step[s] for s in summary.steps]
+    return summary
+
+
+def list_runs(data: DataDir) -> list[RunSummary]:
+    """Every run in the data directory, newest first."""
+    if not data.runs.is_dir():
+        return []
+    runs = [summarize_run(folder) for folder in sorted(data.runs.iterdir(), reverse=True) if folder.is_dir()]
+    return [run for run in runs if run is not None]
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], everything: bool = False) -> list[tuple[str, str, str]]:
+    """(setting, value in a, value in b) for the settings that differ (or all of them)."""
+    rows = []
+    for key in sorted((set(a) | set(b)) - HIDDEN_DIFF_KEYS):
+        left, right = a.get(key, "—"), b.get(key, "—")
+        if everything or left != right:
+            rows.append((key, _show(left), _show(right)))
+    return rows
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "—"
+    return "—" if value in ("", None) else str(value)

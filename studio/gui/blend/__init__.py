@@ -1,0 +1,1 @@
+"""The Blend screen: the form, its parents list and the worker that blends."""

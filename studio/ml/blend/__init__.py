@@ -1,0 +1,1 @@
+"""Blending adapters with peft, and resizing one by SVD."""

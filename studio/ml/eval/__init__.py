@@ -1,0 +1,1 @@
+"""How good an adapter is: the forgetting check (perplexity on general text)."""

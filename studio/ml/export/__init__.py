@@ -1,0 +1,1 @@
+"""Exports: a merged standalone model, GGUF files for llama.cpp and Ollama, library exports by id."""

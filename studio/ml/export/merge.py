@@ -1,0 +1,306 @@
+"""Merge an adapter into its base and export a standalone model; export Ollama bundles. Smoke-tested.
+
+`merge_and_export` reloads the base from its folder in 16- or 32-bit (never merges into 4-bit
+weights, whose rounding would ruin the merge), applies the adapter with plain peft, merges, and
+writes a Hugging Face folder (safetensors shards, config, tokenizer, chat template, a generation
+config whose EOS includes the end-of-turn token) into a staging folder. The staged model is
+loaded back and must answer a probe prompt and stop at end of turn before the folder is renamed
+into place. Every step reports a `StageProgress` and checks `should_stop`.
+
+Knows nothing about the library (see studio.ml.export.library_export) or about Qt.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from studio.core import atomic
+from studio.core.basemodels import inspect_base_model, read_config, tensor_infos
+from studio.core.blend.checks import Cancelled, StageProgress
+from studio.core.errors import StudioError
+from studio.core.library.manifest import read_manifest
+from studio.core.library.ollama import OllamaBundle, write_bundle
+from studio.ml.chat.smoke import (
+    DEFAULT_MAX_NEW_TOKENS,
+    PROBE_PROMPT,
+    Check,
+    SmokeResult,
+    require_pass,
+    smoke_test,
+    stop_token_ids,
+)
+
+log = logging.getLogger(__name__)
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+DISK_MARGIN = 1.1
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "merges.txt", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
+
+Progress = Callable[[StageProgress], None]
+ShouldStop = Callable[[], bool]
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    dtype: str
+    size_bytes: int
+    files: list[str]
+    smoke: SmokeResult
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "dtype": self.dtype, "size_bytes": self.size_bytes,
+                "files": self.files, "smoke": self.smoke.to_dict(), "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class OllamaExport:
+    bundle: OllamaBundle
+    smoke: SmokeResult
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {**self.bundle.to_dict(), "smoke": self.smoke.to_dict()}
+
+
+class _Steps:
+    """Reports stages and honours should_stop between them."""
+
+    def __init__(self, progress: Progress | None, should_stop: ShouldStop | None) -> None:
+        self.progress, self.should_stop = progress, should_stop
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        if self.should_stop and self.should_stop():
+            raise Cancelled(f"Stopped before: {message}", hint="Nothing was written.")
+        log.info("%3.0f%% %s", fraction * 100, message)
+        if self.progress:
+            self.progress(StageProgress(stage, fraction, message))
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_device(needed_bytes: int, device: str | None = None) -> str:
+    """`device` if given; else CUDA when the model fits in its free memory (with room), else the CPU."""
+    import torch
+
+    if device:
+        return device
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        if needed_bytes * 1.3 < free:
+            return "cuda"
+        log.info("The model needs more than the GPU's free memory; using the CPU.")
+    return "cpu"
+
+
+def torch_dtype(name: str):
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name not in table:
+        raise StudioError(f"Unknown dtype {name!r}.", hint="Use bf16, fp16 or fp32.")
+    return table[name]
+
+
+def load_model(folder: Path | str, dtype: str = "fp32", device: str | None = None):
+    """(model, tokenizer) from a Hugging Face folder, unquantized, in `dtype`, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    if read_config(folder).get("quantization_config"):
+        raise StudioError(f"{folder.name} is saved quantized; merging needs 16- or 32-bit weights.",
+                          hint="Use the original (unquantized) base model folder.")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
+    model.to(resolve_device(device)).eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def load_tokenizer_for(base_folder: Path, adapter_folder: Path):
+    """The adapter's own tokenizer when it carries one (its chat template wins), else the base's."""
+    from transformers import AutoTokenizer
+
+    has_own = (adapter_folder / "tokenizer_config.json").exists() or (adapter_folder / "tokenizer.json").exists()
+    return AutoTokenizer.from_pretrained(adapter_folder if has_own else base_folder)
+
+
+def check_adapter_fits(base_folder: Path, adapter_folder: Path) -> None:
+    """Refuse an adapter whose manifest names a different base fingerprint."""
+    manifest = read_manifest(adapter_folder)
+    if manifest and manifest.base_fingerprint:
+        info = inspect_base_model(base_folder)
+        if info.fingerprint != manifest.base_fingerprint:
+            raise StudioError(f"Adapter {manifest.name!r} was trained on {manifest.base_model or '?'} "
+                              f"(fingerprint {manifest.base_fingerprint}), not on {info.id} "
+                              f"(fingerprint {info.fingerprint}).",
+                              hint="Merge it into the base it was trained on.")
+
+
+def estimate_export_bytes(base_folder: Path | str, dtype: str) -> int:
+    """Bytes the merged model will take: every weight at `dtype`, plus tokenizer and config files."""
+    if dtype not in DTYPE_BYTES:
+        raise StudioError(f"Unknown dtype {dtype!r}.", hint="Use bf16, fp16 or fp32.")
+    per = DTYPE_BYTES[dtype]
+    weights = 0
+    for info in tensor_infos(Path(base_folder)).values():
+        n = 1
+        for d in info.shape:
+            n *= d
+        weights += n * per
+    extras = sum(p.stat().st_size for p in Path(base_folder).iterdir()
+                 if p.is_file() and p.suffix != ".safetensors")
+    return weights + extras
+
+
+def check_free_space(dest: Path | str, needed: int) -> None:
+    """Refuse clearly when the disk that will hold `dest` has less than needed x 1.1 free."""
+    probe = Path(dest).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed * DISK_MARGIN:
+        raise StudioError(f"Not enough disk space: the export needs about {_gb(needed * DISK_MARGIN)} "
+                          f"but only {_gb(free)} is free on the disk holding {probe}.",
+                          hint="Free some space, choose another destination, or export in bf16/fp16.")
+
+
+def _gb(num_bytes: float) -> str:
+    return f"{num_bytes / 1e9:.2f} GB" if num_bytes >= 1e7 else f"{num_bytes / 1e6:.2f} MB"
+
+
+def _free() -> None:
+    """Return freed model memory (callers `del` their references first)."""
+    from studio.ml.base.loading import free_memory
+
+    free_memory()
+
+
+def merge_and_export(base_folder: Path | str, adapter_folder: Path | str, dest: Path | str,
+                     dtype: str = "bf16", *, max_shard_size: str = "2GB", device: str | None = None,
+                     progress: Progress | None = None, should_stop: ShouldStop | None = None,
+                     probe: str = PROBE_PROMPT, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                     smoke_check: Check | None = None) -> MergeResult:
+    """Merge `adapter_folder` into `base_folder` and write a standalone model to `dest`, smoke-tested."""
+    from peft import PeftModel
+
+    started = time.monotonic()
+    base_folder, adapter_folder, dest = Path(base_folder), Path(adapter_folder), Path(dest)
+    step = _Steps(progress, should_stop)
+    step("check", 0.0, "Checking the adapter, the base and the free disk space…")
+    torch_dtype(dtype)
+    if dest.exists():
+        raise StudioError(f"{dest} already exists.", hint="Choose a new folder for the merged model.")
+    check_adapter_fits(base_folder, adapter_folder)
+    needed = estimate_export_bytes(base_folder, dtype)
+    check_free_space(dest, needed)
+    device = pick_device(needed, device)
+    step("load", 0.05, f"Loading the base model in {dtype}…")
+    model, _ = load_model(base_folder, dtype, device)
+    tokenizer = load_tokenizer_for(base_folder, adapter_folder)
+    step("load", 0.3, "Applying the adapter…")
+    try:
+        peft_model = PeftModel.from_pretrained(model, adapter_folder)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise StudioError(f"The adapter does not fit this base model: {err}",
+                          hint="Merge it into the base it was trained on.") from err
+    step("merge", 0.4, "Merging the adapter into the weights…")
+    merged = peft_model.merge_and_unload()
+    stop_ids = stop_token_ids(tokenizer, merged.generation_config)
+    merged.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+    if merged.generation_config.pad_token_id is None:
+        merged.generation_config.pad_token_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                                 else stop_ids[0])
+    with atomic.staging_dir(dest) as staging:
+        step("save", 0.5, f"Writing safetensors shards (up to {max_shard_size} each)…")
+        merged.save_pretrained(staging, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(staging)
+        _copy_missing_chat_template(base_folder, adapter_folder, staging)
+        del merged, peft_model, model
+        _free()
+        step("smoke", 0.75, "Loading the exported model back for a smoke test…")
+        reloaded, reloaded_tok = load_model(staging, dtype, device)
+        step("smoke", 0.85, f"Asking it {probe!r}…")
+        result = smoke_test(reloaded, reloaded_tok, prompt=probe, max_new_tokens=max_new_tokens,
+                            check=smoke_check)
+        del reloaded
+        _free()
+        require_pass(result, "merged model")
+        files = sorted(p.name for p in staging.iterdir())
+        size = sum(p.stat().st_size for p in staging.iterdir() if p.is_file())
+    step("done", 1.0, f"Merged model written to {dest}")
+    return MergeResult(path=dest, dtype=dtype, size_bytes=size, files=files, smoke=result,
+                       seconds=time.monotonic() - started)
+
+
+def _copy_missing_chat_template(base_folder: Path, adapter_folder: Path, staging: Path) -> None:
+    from studio.core.basemodels import has_chat_template
+
+    if has_chat_template(staging):
+        return
+    for source in (adapter_folder, base_folder):
+        for name in ("chat_template.jinja", "chat_template.json"):
+            if (source / name).exists():
+                shutil.copyfile(source / name, staging / name)
+                return
+
+
+def smoke_test_adapter(base_folder: Path | str, adapter_folder: Path | str, *, dtype: str | None = None,
+                       device: str | None = None, probe: str = PROBE_PROMPT,
+                       max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, check: Check | None = None,
+                       what: str = "exported adapter") -> SmokeResult:
+    """Load base + adapter with plain peft, ask the probe, require it to stop at end of turn."""
+    from peft import PeftModel
+
+    device = pick_device(estimate_export_bytes(base_folder, "bf16"), device)
+    dtype = dtype or ("fp32" if device == "cpu" else "bf16")
+    model, _ = load_model(base_folder, dtype, device)
+    tokenizer = load_tokenizer_for(Path(base_folder), Path(adapter_folder))
+    try:
+        peft_model = PeftModel.from_pretrained(model, adapter_folder)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise StudioError(f"The {what} does not load in peft on this base: {err}") from err
+    result = smoke_test(peft_model, tokenizer, prompt=probe, max_new_tokens=max_new_tokens,
+                        stop_ids=stop_token_ids(tokenizer, model.generation_config), check=check)
+    del peft_model, model
+    _free()
+    return require_pass(result, what)
+
+
+def export_ollama(base_folder: Path | str, adapter_folder: Path | str, dest: Path | str, *,
+                  from_ref: str | None = None, system: str | None = None, adapter_name: str = "",
+                  device: str | None = None, progress: Progress | None = None,
+                  should_stop: ShouldStop | None = None, probe: str = PROBE_PROMPT,
+                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, smoke_check: Check | None = None
+                  ) -> OllamaExport:
+    """Write an Ollama bundle (Modelfile + adapter/) to `dest`, smoke-tested from the bundle's files."""
+    base_folder, adapter_folder, dest = Path(base_folder), Path(adapter_folder), Path(dest)
+    step = _Steps(progress, should_stop)
+    step("check", 0.0, "Checking the adapter and the base…")
+    if dest.exists():
+        raise StudioError(f"{dest} already exists.", hint="Choose a new folder for the Ollama bundle.")
+    check_adapter_fits(base_folder, adapter_folder)
+    tokenizer = load_tokenizer_for(base_folder, adapter_folder)
+    chat_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    with atomic.staging_dir(dest) as staging:
+        step("write", 0.1, "Writing the Modelfile and the adapter files…")
+        bundle = write_bundle(adapter_folder, staging, from_ref=from_ref or str(base_folder.resolve()),
+                              chat_template=chat_template, system=system, adapter_name=adapter_name)
+        step("smoke", 0.3, "Loading the base and the bundled adapter for a smoke test…")
+        smoke = smoke_test_adapter(base_folder, staging / "adapter", device=device, probe=probe,
+                                   max_new_tokens=max_new_tokens, check=smoke_check,
+                                   what="Ollama bundle's adapter")
+    bundle.path, bundle.modelfile = dest, dest / bundle.modelfile.name
+    step("done", 1.0, f"Ollama bundle written to {dest}")
+    return OllamaExport(bundle=bundle, smoke=smoke, warnings=list(bundle.warnings))

@@ -1,0 +1,392 @@
+"""The training run: `run_training(config, data, on_event, should_stop) -> RunResult`.
+
+Built on transformers' Trainer (gradient accumulation, schedulers, optimizer state, resume) with the
+studio's callbacks for events. A run lives in runs/<run-id>/ (config.json, metrics.jsonl,
+checkpoints/). It prepares the folder's data with the base tokenizer, trains on padding-free packed
+rows, evaluates on the validation split, and hands the best adapter to train_finish, which puts it
+in the library. Out of memory halves the micro batch (doubling gradient accumulation) and resumes
+from the last complete checkpoint; at micro batch 1 the run fails with advice. Every outcome
+(finished, stopped, failed) releases the model. Knows nothing about Qt or the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from studio.core import atomic
+from studio.core.errors import StudioError
+from studio.core.library.store import AdapterLibrary, slugify
+from studio.core.paths import DataDir
+from studio.core.train import run_lock
+from studio.core.train.config import TrainConfig
+from studio.core.train.events import (
+    Event,
+    Failed,
+    Finished,
+    OOMRecovered,
+    Preparing,
+    RunStarted,
+    Stopped,
+    Warning,
+    read_events,
+)
+from studio.ml.base import loading as model_loading
+from studio.ml.base.default_model import resolve_base
+from studio.ml.train import checkpoints
+from studio.ml.train.callbacks import EventSink, Probe, RunTracker, StudioCallback
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+OOM_HINT = ("Lower seq_len (the biggest lever), the LoRA rank or the micro batch, use 4-bit quantization, "
+            "turn gradient checkpointing on, or close other programs that use the GPU.")
+
+
+@dataclass
+class RunResult:
+    status: str  # "finished" | "stopped" | "failed"
+    run_id: str
+    run_dir: Path
+    step: int = 0
+    max_steps: int = 0
+    adapter_id: str | None = None
+    adapter_path: Path | None = None
+    checkpoint: Path | None = None  # the last complete checkpoint (resume point)
+    final_loss: float | None = None
+    eval_loss: float | None = None
+    tokens_seen: int = 0
+    tokens_per_second: float = 0.0  # training throughput over the run's steps in this process
+    peak_memory_bytes: int = 0  # the device's peak (GPU memory, or RAM on a CPU run)
+    duration_s: float = 0.0
+    message: str = ""
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def new_run_id(name: str) -> str:
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{slugify(name)[:24]}-{secrets.token_hex(2)}"
+
+
+def run_training(config: TrainConfig, data: DataDir, on_event: Callable[[Event], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> RunResult:
+    """Train an adapter as `config` says and put it in the library.
+
+    Raises StudioError only for an invalid config or an unknown run to resume, before anything
+    starts; every later problem is a Failed event and a RunResult with status "failed".
+    """
+    return _Run(config, data, on_event, should_stop or (lambda: False)).run()
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, data: DataDir, on_event, should_stop) -> None:
+        self.data, self.should_stop = data, should_stop
+        self.started = time.monotonic()
+        if config.resume:
+            self.run_id = config.resume
+            self.run_dir = data.runs / config.resume
+            if not (self.run_dir / CONFIG_NAME).is_file():
+                raise StudioError(f"There is no training run {config.resume!r} to resume.",
+                                  hint=f"Runs are the folders in {data.runs}.")
+        else:
+            self.config = config.replace().validate()
+            self.run_id = new_run_id(self.config.display_name())
+            self.run_dir = data.runs / self.run_id
+            self.run_dir.mkdir(parents=True)
+            atomic.write_json(self.run_dir / CONFIG_NAME, self.config.to_dict())
+        self.resuming = bool(config.resume)
+        run_lock.acquire(self.run_dir)  # refuses a run another live process is training
+        try:
+            if self.resuming:  # read under the lock: a run that finished a moment ago is not trained again
+                self.config = self._resumable_config()
+            self.emit = EventSink(self.run_dir / METRICS_NAME, on_event)
+        except BaseException:
+            run_lock.release(self.run_dir)  # run() and its finally will not happen
+            raise
+        self.tracker = RunTracker()
+        self.oom_injected = False
+        self.max_steps = 0
+        self.phase = "preparing"
+        self.quant = self.config.quant  # what the base is actually loaded with (see _load_base)
+
+    def _resumable_config(self) -> TrainConfig:
+        import json
+
+        if any(isinstance(e, Finished) for e in read_events(self.run_dir / METRICS_NAME)):
+            raise StudioError(f"Run {self.run_id!r} already finished; its adapter is in the library.",
+                              hint="Continue training that adapter on new data instead (parent adapter).")
+        stored = TrainConfig.from_dict(json.loads((self.run_dir / CONFIG_NAME).read_text(encoding="utf-8")))
+        return stored.replace(resume="").validate()
+
+    # ------------------------------------------------------------ the attempt loop
+
+    def run(self) -> RunResult:
+        cfg = self.config
+        micro, accum = cfg.micro_batch_size, cfg.grad_accum
+        attempt = 0
+        try:
+            try:
+                self._prepare()
+            except StudioError as err:
+                return self._fail(err.message, err.hint)
+            except Exception as err:
+                log.exception("Preparing the run failed")
+                return self._fail(f"Preparing the run failed: {type(err).__name__}: {err}",
+                                  "Check the dataset report and the base model.")
+            while True:
+                attempt += 1
+                outcome: tuple[str, str, str] | None = None
+                try:
+                    return self._attempt(micro, accum, attempt)
+                except BaseException as err:  # noqa: BLE001 - sorted below; only strings outlive the except
+                    if isinstance(err, KeyboardInterrupt):
+                        outcome = ("interrupt", "Training was interrupted.", "")
+                    elif model_loading.is_oom(err):
+                        outcome = ("oom", str(err).splitlines()[0][:200] if str(err) else "out of memory", "")
+                    elif isinstance(err, StudioError):
+                        outcome = ("error", err.message, err.hint)
+                    else:
+                        log.exception("Training failed")
+                        outcome = ("error", f"Training failed: {type(err).__name__}: {err}",
+                                   "See the log for details; the last checkpoint is intact.")
+                model_loading.free_memory()  # the exception (and the model its frames held) is gone now
+                kind, message, hint = outcome
+                if kind == "oom" and self.phase == "training" and micro > 1:
+                    micro, accum = micro // 2, accum * 2
+                    self._record_batch(micro, accum)
+                    last = checkpoints.last_complete(self.run_dir)
+                    since = f"step {checkpoints.step_of(last)}" if last is not None else "the start"
+                    self.emit(OOMRecovered(step=self.tracker.step + 1, new_micro_batch=micro, new_grad_accum=accum,
+                                           message=f"Out of memory at step {self.tracker.step + 1}; retrying with "
+                                                   f"micro batch {micro} and gradient accumulation {accum} (same "
+                                                   f"effective batch) from {since}."))
+                    continue
+                if kind == "oom":
+                    where = "loading the model" if self.phase != "training" else f"step {self.tracker.step + 1}"
+                    return self._fail(f"Out of memory while {where} (micro batch {micro}, seq_len {cfg.seq_len}, "
+                                      f"rank {cfg.rank}, quant {self.quant}).", OOM_HINT)
+                if kind == "interrupt":
+                    self._fail(message, "Resume the run to continue from its last checkpoint.")
+                    raise KeyboardInterrupt
+                return self._fail(message, hint)
+        finally:
+            self.emit.close()
+            run_lock.release(self.run_dir)
+            model_loading.free_memory()
+
+    def _record_batch(self, micro: int, accum: int) -> None:
+        """Keep config.json in step with what runs, so a later resume starts where OOM left it."""
+        self.config = self.config.replace(micro_batch_size=micro, grad_accum=accum)
+        atomic.write_json(self.run_dir / CONFIG_NAME, self.config.to_dict())
+
+    def _fail(self, message: str, hint: str) -> RunResult:
+        last = checkpoints.last_complete(self.run_dir)
+        self.emit(Failed(step=self.tracker.step, message=message, hint=hint, checkpoint=str(last) if last else None))
+        return self._result("failed", checkpoint=last, message=message, hint=hint)
+
+    def _result(self, status: str, **extra: Any) -> RunResult:
+        tracker = self.tracker
+        fields: dict[str, Any] = dict(step=tracker.step, max_steps=self.max_steps, final_loss=tracker.last_loss,
+                                      tokens_per_second=round(tracker.tokens_per_second(), 2),
+                                      peak_memory_bytes=tracker.peak_memory,
+                                      duration_s=round(time.monotonic() - self.started, 2))
+        return RunResult(status=status, run_id=self.run_id, run_dir=self.run_dir, **{**fields, **extra})
+
+    # ------------------------------------------------------------ data and base (once per run)
+
+    def _prepare(self) -> None:
+        from studio.core.dataset import packed_rows, prepare_dataset, scan_folder
+
+        cfg = self.config
+
+        def converting(fraction: float, message: str) -> None:
+            self.emit(Preparing(message=f"First use of the default model, converting it once: {message}",
+                                fraction=fraction))
+
+        self.base_info, self.base_ref = resolve_base(self.data, cfg.base, converting)
+        self.emit(Preparing(message=f"Reading and tokenizing {cfg.data_folder}…"))
+        self.device = model_loading.choose_device(cfg.device)
+        self.tokenizer = model_loading.load_tokenizer(self.base_info.path)
+        self.parent = None
+        if cfg.parent_adapter:
+            self.parent = AdapterLibrary(self.data).get(cfg.parent_adapter)
+            fp = self.parent.manifest.base_fingerprint
+            if fp and fp != self.base_info.fingerprint:
+                raise StudioError(f"Adapter {self.parent.manifest.name!r} was trained on "
+                                  f"{self.parent.manifest.base_model!r}, not on {self.base_info.id!r}.",
+                                  hint="Continue training it on the base it was trained on.")
+        scan = scan_folder(cfg.data_folder)
+        self.prepared = prepare_dataset(cfg.data_folder, self.tokenizer, seq_len=cfg.seq_len,
+                                        val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                        long_samples=cfg.long_samples, scan=scan)
+        self.rows = packed_rows(self.prepared.train, cfg.seq_len)
+        self.eval_rows = packed_rows(self.prepared.validation, cfg.seq_len)
+        self.max_steps = cfg.total_steps(len(self.rows))
+        self.probes = [Probe(p) for p in cfg.probe_prompts] or _validation_probes(scan, self.prepared)
+        if self.resuming:
+            checkpoints.remove_incomplete(self.run_dir)
+            if checkpoints.last_complete(self.run_dir) is None:
+                log.info("Run %s has no complete checkpoint; it starts over.", self.run_id)
+
+    # ------------------------------------------------------------ one attempt
+
+    def _attempt(self, micro: int, accum: int, attempt: int) -> RunResult:
+        from transformers import PrinterCallback, ProgressCallback
+
+        from studio.core.dataset import PackedCollator
+        from studio.ml.train.publish import publish_adapter
+        from studio.ml.train.trainer import StudioTrainer, training_arguments
+
+        cfg, dev = self.config, self.device
+        self.phase = "loading"
+        resume_from = checkpoints.last_complete(self.run_dir)
+        self._restore_best(resume_from)
+        model = trainer = None
+        try:
+            self.emit(Preparing(message=f"Loading {self.base_info.id} ({self.quant}) on {dev.name}…"))
+            model = self._load_base()
+            _, base_params = model_loading.count_parameters(model)
+            from transformers import set_seed
+
+            set_seed(cfg.seed)  # the new adapter's initial weights are part of the run's reproducibility
+            # Checkpoints name the local folder: peft looks for <name>/config.json at every save and would
+            # ask the Hugging Face Hub about a bare id. The library copy gets the portable name.
+            local_base = str(self.base_info.path)
+            if self.parent is not None:
+                model = model_loading.attach_existing_adapter(model, self.parent.path, local_base, trainable=True)
+            else:
+                model = model_loading.attach_new_adapter(model, cfg, local_base)
+            trainable, total = model_loading.count_parameters(model)
+            self.emit(RunStarted(
+                run_id=self.run_id, run_dir=str(self.run_dir), base_model=self.base_info.id, device=dev.kind,
+                device_name=dev.name, quant=self.quant, dtype=dev.dtype, method=cfg.method, max_steps=self.max_steps,
+                start_step=(checkpoints.step_of(resume_from) or 0) if resume_from else 0, train_rows=len(self.rows),
+                train_samples=len(self.prepared.train), validation_samples=len(self.prepared.validation),
+                micro_batch_size=micro, grad_accum=accum, seq_len=cfg.seq_len, trainable_params=trainable,
+                total_params=total, resumed_from=str(resume_from) if resume_from else None, attempt=attempt))
+            if dev.kind == "cuda":
+                import torch
+
+                torch.cuda.reset_peak_memory_stats()
+            args = training_arguments(cfg, dev, micro=micro, accum=accum, max_steps=self.max_steps,
+                                      output_dir=checkpoints.checkpoints_dir(self.run_dir), has_eval=bool(self.eval_rows))
+            trainer = StudioTrainer(model=model, args=args, train_dataset=self.rows, eval_dataset=self.eval_rows or None,
+                                    data_collator=PackedCollator(self.tokenizer.pad_token_id, cfg.seq_len),
+                                    pad_token_id=self.tokenizer.pad_token_id, step_hook=self._oom_hook)
+            for unwanted in (PrinterCallback, ProgressCallback):  # they print to stdout; events replace them
+                trainer.remove_callback(unwanted)
+            trainer.add_callback(StudioCallback(
+                emit=self.emit, tracker=self.tracker, should_stop=self.should_stop, run_dir=self.run_dir,
+                micro_batch_size=micro, keep_checkpoints=cfg.keep_checkpoints, device_kind=dev.kind,
+                device_name=dev.name, device_total=dev.total_memory, model_params=base_params,
+                memory_every=cfg.memory_every, sample_every=cfg.sample_every, probes=self.probes,
+                tokenizer=self.tokenizer, max_new_tokens=cfg.sample_max_new_tokens,
+                early_stopping_patience=cfg.early_stopping_patience, slow_step_factor=cfg.slow_step_factor,
+                counters=trainer.counters))
+            self.phase = "training"
+            try:
+                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            except BaseException as err:
+                if model_loading.is_oom(err):
+                    # The failed step's activations live in the traceback's frames: let them go first.
+                    traceback.clear_frames(err.__traceback__)
+                    self._checkpoint_after_oom(trainer)
+                raise
+            self.phase = "finishing"
+            tokens_seen = int(trainer.state.num_input_tokens_seen)
+            if self.tracker.stop_requested:
+                last = checkpoints.last_complete(self.run_dir)
+                self.emit(Stopped(step=self.tracker.step, checkpoint=str(last) if last else None))
+                return self._result("stopped", checkpoint=last, tokens_seen=tokens_seen,
+                                    message=f"Stopped at step {self.tracker.step} of {self.max_steps}.")
+            entry, finished = publish_adapter(
+                model=trainer.model, tokenizer=self.tokenizer, run=self, tokens_seen=tokens_seen,
+                duration_s=time.monotonic() - self.started)
+            self.emit(finished)
+            return self._result("finished", adapter_id=entry.id, adapter_path=entry.path,
+                                checkpoint=checkpoints.last_complete(self.run_dir), eval_loss=finished.eval_loss,
+                                tokens_seen=tokens_seen, tokens_per_second=finished.tokens_per_second,
+                                peak_memory_bytes=finished.peak_memory, message=f"Adapter {entry.manifest.name!r} is in the library.")
+        finally:
+            if trainer is not None:
+                trainer.callback_handler.callbacks.clear()
+            del trainer, model
+            model_loading.free_memory()
+
+    def _load_base(self):
+        """The base for training; a quantization this machine cannot do falls back to full precision."""
+        load = model_loading.load_base_for_training
+        kwargs = dict(gradient_checkpointing=self.config.gradient_checkpointing,
+                      pad_token_id=self.tokenizer.pad_token_id)
+        try:
+            return load(self.base_info.path, self.quant, self.device, **kwargs)
+        except Exception as err:
+            if self.quant == "none" or model_loading.is_oom(err):
+                raise
+            self.emit(Warning(step=0, message=(
+                f"{self.quant} quantization does not work on this {self.device.kind} ({type(err).__name__}: "
+                f"{str(err)[:160]}); training with unquantized weights instead, which needs more memory.")))
+            self.quant = "none"
+        return load(self.base_info.path, self.quant, self.device, **kwargs)
+
+    def _checkpoint_after_oom(self, trainer) -> None:
+        """Keep the steps done since the last checkpoint: the weights and optimizer are those of the last
+        completed step (the failed step's partial gradients are dropped), so that step is saved before
+        the retry or the failure."""
+        step = trainer.state.global_step
+        last = checkpoints.last_complete(self.run_dir)
+        if step == 0 or (last is not None and checkpoints.step_of(last) == step):
+            return
+        trainer.model.zero_grad(set_to_none=True)
+        model_loading.free_memory()
+        try:
+            trainer.save_checkpoint_now()
+            log.info("Run %s: checkpointed step %d after running out of memory", self.run_id, step)
+        except Exception as err:  # noqa: BLE001 - out of memory again while saving: the last checkpoint stands
+            log.warning("Could not checkpoint step %d after running out of memory: %s", step, err)
+            checkpoints.remove_incomplete(self.run_dir)
+
+    def _oom_hook(self, step: int) -> None:
+        """Test-only: raise OOM once at config._inject_oom_at_step (see TrainConfig)."""
+        if self.config._inject_oom_at_step and step == self.config._inject_oom_at_step and not self.oom_injected:
+            import torch
+
+            self.oom_injected = True
+            raise torch.OutOfMemoryError(f"CUDA out of memory. (injected for testing at step {step})")
+
+    def _restore_best(self, checkpoint: Path | None) -> None:
+        """After a resume or an OOM restart, the best eval so far is the one the checkpoint recorded."""
+        marker = checkpoints.read_marker(checkpoint) if checkpoint else None
+        if not marker:
+            return
+        best_step = marker.get("best_step")
+        if best_step and checkpoints.is_complete(checkpoints.checkpoint_path(self.run_dir, best_step)):
+            self.tracker.best_step, self.tracker.best_eval = best_step, marker.get("best_eval")
+        self.tracker.step = checkpoints.step_of(checkpoint) or 0
+
+
+def _validation_probes(scan, prepared, limit: int = 2) -> list[Probe]:
+    """The first user questions of the validation split (chat samples only)."""
+    by_source = {s.source: s for s in scan.samples}
+    probes: list[Probe] = []
+    for sample in prepared.validation:
+        original = by_source.get(sample.source)
+        if original is None or original.kind != "chat":
+            continue
+        users = [m.content for m in original.messages if m.role == "user"]
+        if users and users[0] not in (p.prompt for p in probes):
+            probes.append(Probe(users[0]))
+        if len(probes) >= limit:
+            break
+    return probes
