@@ -11,20 +11,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from studio.cli.main import EXTRA_PARSERS, Output, human_size, verb
+from studio.cli.verb import AddParser, Output, VerbGroup, open_library, verb
 from studio.core.blend.checks import METHOD_HELP, METHODS, StageProgress
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
+from studio.core.train.estimator import format_bytes
 
 
 def _progress(event: StageProgress) -> None:
     print(f"{event.fraction * 100:3.0f}% {event.message}", file=sys.stderr)
-
-
-def _library(data: DataDir):
-    from studio.core.library.store import AdapterLibrary
-
-    return AdapterLibrary(data)
 
 
 def _smoke_line(smoke) -> str:
@@ -36,7 +31,7 @@ def cmd_blend(args: argparse.Namespace, data: DataDir) -> Output:
     if args.list_methods:
         return Output({"methods": METHOD_HELP},
                       "\n".join(f"{m:20} {METHOD_HELP[m]}" for m in METHODS))
-    library = _library(data)
+    library = open_library(data)
     if args.remake:
         source = library.get(args.remake)
         recipe = source.manifest.lineage.recipe
@@ -89,21 +84,21 @@ def cmd_merge(args: argparse.Namespace, data: DataDir) -> Output:
         from studio.ml.export.gguf import merge_to_gguf
         from studio.ml.export.library_export import base_folder_for
 
-        library = _library(data)
+        library = open_library(data)
         entry = library.get(args.adapter)
         target = Path(dest) / f"{slugify(entry.manifest.name)}.gguf" if Path(dest).is_dir() else Path(dest)
         result = merge_to_gguf(base_folder_for(library, entry), entry.path, target, args.gguf_type,
                                name=entry.manifest.name, progress=_progress, **kwargs)
         warnings = "".join(f"\nwarning: {w}" for w in result.warnings)
         smoke = result.metadata.get("smoke", {})
-        return Output(result.to_dict(), f"Merged GGUF model ({result.dtype}, {human_size(result.size_bytes)}) "
+        return Output(result.to_dict(), f"Merged GGUF model ({result.dtype}, {format_bytes(result.size_bytes)}) "
                                         f"written to {result.path}\nSmoke test (before conversion): asked "
                                         f"{smoke.get('prompt')!r}, answered {smoke.get('answer')!r}.{warnings}")
     from studio.ml.export.library_export import merge_adapter
 
-    result = merge_adapter(_library(data), args.adapter, Path(dest), args.dtype,
+    result = merge_adapter(open_library(data), args.adapter, Path(dest), args.dtype,
                            max_shard_size=args.shard_size, progress=_progress, **kwargs)
-    return Output(result.to_dict(), f"Merged model ({result.dtype}, {human_size(result.size_bytes)}) "
+    return Output(result.to_dict(), f"Merged model ({result.dtype}, {format_bytes(result.size_bytes)}) "
                                     f"written to {result.path}\n{_smoke_line(result.smoke)}")
 
 
@@ -111,7 +106,7 @@ def cmd_merge(args: argparse.Namespace, data: DataDir) -> Output:
 def cmd_resize(args: argparse.Namespace, data: DataDir) -> Output:
     from studio.ml.blend.resize import resize_adapter
 
-    result = resize_adapter(_library(data), args.adapter, args.rank, args.name, progress=_progress)
+    result = resize_adapter(open_library(data), args.adapter, args.rank, args.name, progress=_progress)
     weakest = f"{result.min_layer_energy:.1%} in {result.min_layer}"
     return Output(result.to_dict(), f"Resized rank {result.previous_rank} -> {result.rank}: kept "
                                     f"{result.retained_energy:.1%} of the energy overall, weakest module "
@@ -122,7 +117,7 @@ def cmd_resize(args: argparse.Namespace, data: DataDir) -> Output:
 def cmd_export_ollama(args: argparse.Namespace, data: DataDir) -> Output:
     from studio.ml.export.library_export import export_adapter
 
-    result = export_adapter(_library(data), args.adapter, Path(args.dest), "ollama", from_ref=args.from_ref,
+    result = export_adapter(open_library(data), args.adapter, Path(args.dest), "ollama", from_ref=args.from_ref,
                             system=args.system, progress=_progress, probe=args.probe)
     warnings = "".join(f"\nwarning: {w}" for w in result.warnings)
     return Output(result.to_dict(), f"Ollama bundle written to {result.path}\n"
@@ -130,7 +125,7 @@ def cmd_export_ollama(args: argparse.Namespace, data: DataDir) -> Output:
                                     f"{_smoke_line(result.smoke)}{warnings}")
 
 
-def _parsers(sub, add) -> None:
+def _parsers(add: AddParser) -> None:
     p = add("blend")
     p.add_argument("adapters", nargs="*", help="two or more adapter ids or names")
     p.add_argument("--weights", nargs="+", type=float, help="one weight per adapter (default 1 each; "
@@ -169,4 +164,4 @@ def _parsers(sub, add) -> None:
     p.add_argument("--probe", help="smoke-test prompt (default: What is the capital of France?)")
 
 
-EXTRA_PARSERS.append(_parsers)
+GROUP = VerbGroup((cmd_blend, cmd_merge, cmd_resize, cmd_export_ollama), _parsers)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from studio.cli.main import EXTRA_PARSERS, Output, table, verb
+from studio.cli.verb import AddParser, Output, VerbGroup, table, verb
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
 
@@ -232,7 +232,7 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
 
 
-def _add_parsers(sub: Any, add) -> None:
+def _add_parsers(add: AddParser) -> None:
     p = add("chat")
     p.add_argument("--adapter", help="adapter id or name (default: the base model alone)")
     p.add_argument("--prompt", help="one question; without it, chat interactively")
@@ -249,4 +249,4 @@ def _add_parsers(sub: Any, add) -> None:
     add("leaderboard").add_argument("--base", help="one base model (id, folder or fingerprint)")
 
 
-EXTRA_PARSERS.append(_add_parsers)
+GROUP = VerbGroup((cmd_chat, cmd_compare, cmd_votes, cmd_leaderboard), _add_parsers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from studio.cli.main import EXTRA_PARSERS, Output, verb
+from studio.cli.verb import AddParser, Output, VerbGroup, verb
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
 
@@ -94,7 +94,7 @@ def cmd_save_checkpoint(args: argparse.Namespace, data: DataDir) -> Output:
                   f"Checkpoint {args.step} of {args.run_id} is in the library as {entry.name!r} ({entry.id}).")
 
 
-def _parsers(sub, add) -> None:
+def _parsers(add: AddParser) -> None:
     p = add("scan")
     p.add_argument("folder")
     p.add_argument("--base", help="base model whose tokenizer counts the tokens (default: the default model)")
@@ -121,4 +121,4 @@ def _parsers(sub, add) -> None:
     add_train_arguments(add("train"))
 
 
-EXTRA_PARSERS.append(_parsers)
+GROUP = VerbGroup((cmd_scan, cmd_estimate, cmd_train, cmd_runs, cmd_save_checkpoint), _parsers)

@@ -8,8 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from studio.cli.main import run
+from studio.cli.registry import VERBS, index
+from studio.cli.verb import Output, Verb, VerbGroup
 from tests.tiny_model import make_tiny_adapter
+
+# Every verb, named here by hand: a verb module left out of the registry fails this, loudly.
+ALL_VERBS = {"list", "show", "import", "export", "rm", "restore", "rename", "tag",  # library
+             "models", "doctor", "install-shortcut",  # base models and this machine
+             "scan", "estimate", "train", "runs", "save-checkpoint",  # training
+             "blend", "merge", "resize", "export-ollama",  # blending and exporting
+             "chat", "compare", "votes", "leaderboard"}  # chat and A/B
 
 
 def _json(capsys, argv: list[str]) -> dict:
@@ -88,3 +99,27 @@ def test_estimate_scan_and_doctor_on_a_fresh_data_directory(capsys, studio_home)
     device = doctor["device"]
     assert device["cpu_count"] > 0 and device["ram_total_bytes"] > 0 and device["torch_version"]
     assert doctor["summary"] and doctor["versions"]["torch"] == device["torch_version"]
+
+
+def test_help_lists_every_verb_and_each_takes_json(capsys):
+    assert set(VERBS) == ALL_VERBS
+    with pytest.raises(SystemExit):
+        run(["--help"])
+    listed = capsys.readouterr().out
+    assert all(f"    {name} " in listed or f"    {name}\n" in listed for name in ALL_VERBS), listed
+    for name in sorted(ALL_VERBS):
+        with pytest.raises(SystemExit):
+            run([name, "--help"])
+        assert "--json" in capsys.readouterr().out, name
+
+
+def test_the_registry_refuses_two_verbs_with_one_name():
+    def nothing(args, data) -> Output:
+        return Output({}, "")
+
+    first = VerbGroup((Verb("list", "one", nothing),), lambda add: None)
+    second = VerbGroup((Verb("list", "another", nothing),), lambda add: None)
+    with pytest.raises(ValueError, match="'list'"):
+        index((first, second))
+    with pytest.raises(TypeError):
+        VERBS["list"] = first.verbs[0]  # type: ignore[index]  # built once, read-only

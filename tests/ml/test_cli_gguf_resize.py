@@ -97,9 +97,8 @@ def test_resize(library, capsys):
 
 
 def test_help_names_gguf(capsys):
-    from studio.cli.main import _load_verb_modules, build_parser
+    from studio.cli.main import build_parser
 
-    _load_verb_modules()
     parser = build_parser()
     for verb in ("export", "merge"):
         with pytest.raises(SystemExit):
