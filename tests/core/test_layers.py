@@ -1,6 +1,6 @@
 """The house rules of DESIGN.md, checked: the layers (import-linter contracts in pyproject.toml),
-core/ml never need Qt, core and the CLI never import torch eagerly, the GUI imports ml only inside
-functions."""
+core, ml and the CLI never need Qt, core and the CLI never import torch eagerly, the GUI imports ml
+only inside functions."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def _run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
-def test_core_and_ml_import_without_qt():
-    modules = ["studio.core", "studio.ml", *_modules("studio.core"), *_modules("studio.ml")]
+def test_core_ml_and_cli_import_without_qt():
+    modules = ["studio.core", "studio.ml", "studio.cli", *_modules("studio.core"), *_modules("studio.ml"),
+               *_modules("studio.cli")]
     # A meta-path hook that makes every Qt binding unimportable, as on a headless server.
     code = (
         "import sys, importlib\n"
