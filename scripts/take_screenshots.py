@@ -183,7 +183,7 @@ def dashboard(shot: Shot) -> None:
     shot.wait(lambda: panel.browser.runs is not None, "the run list")
     results: list = []
     panel.run_finished.connect(results.append)
-    panel.start_run(demo_run_config(shot), tags=["demo"])
+    panel.start_run(demo_run_config(shot, tags=("demo",)))
     shot.wait(lambda: bool(results), "the training run", timeout_s=3600)
     if results[0].status != "finished":
         raise RuntimeError(f"the dashboard's run ended {results[0].status}: {results[0].message}")

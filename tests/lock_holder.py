@@ -10,8 +10,10 @@ from pathlib import Path
 
 HOLD = """
 import sys, time
+from pathlib import Path
 from studio.core.train import run_lock
-run_lock.acquire(sys.argv[1])
+from studio.core.train.run_dir import RunDir
+run_lock.acquire(RunDir(Path(sys.argv[1])))
 print("held", flush=True)
 time.sleep(120)
 """

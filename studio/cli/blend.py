@@ -8,18 +8,13 @@ the verbs. Progress goes to stderr, the result to stdout (one JSON object with -
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from studio.cli.verb import AddParser, Output, VerbGroup, open_library, verb
-from studio.core.blend.checks import METHOD_HELP, METHODS, StageProgress
+from studio.cli.verb import AddParser, Output, VerbGroup, open_library, print_progress, verb
+from studio.core.blend.checks import METHOD_HELP, METHODS
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
 from studio.core.train.estimator import format_bytes
-
-
-def _progress(event: StageProgress) -> None:
-    print(f"{event.fraction * 100:3.0f}% {event.message}", file=sys.stderr)
 
 
 def _smoke_line(smoke) -> str:
@@ -68,7 +63,7 @@ def cmd_blend(args: argparse.Namespace, data: DataDir) -> Output:
 
     entry = blend_adapters(library, [e.id for e in entries], weights, args.method, args.name,
                            density=args.density, rank=args.rank, seed=args.seed or 0, data=data,
-                           progress=_progress)
+                           progress=print_progress)
     return Output({**entry.to_dict(), "plan": plan.to_dict()},
                   f"Blended {described}\nSaved as {entry.manifest.name} ({entry.id}){warnings}")
 
@@ -88,7 +83,7 @@ def cmd_merge(args: argparse.Namespace, data: DataDir) -> Output:
         entry = library.get(args.adapter)
         target = Path(dest) / f"{slugify(entry.manifest.name)}.gguf" if Path(dest).is_dir() else Path(dest)
         result = merge_to_gguf(base_folder_for(library, entry), entry.path, target, args.gguf_type,
-                               name=entry.manifest.name, progress=_progress, **kwargs)
+                               name=entry.manifest.name, progress=print_progress, **kwargs)
         warnings = "".join(f"\nwarning: {w}" for w in result.warnings)
         smoke = result.metadata.get("smoke", {})
         return Output(result.to_dict(), f"Merged GGUF model ({result.dtype}, {format_bytes(result.size_bytes)}) "
@@ -97,7 +92,7 @@ def cmd_merge(args: argparse.Namespace, data: DataDir) -> Output:
     from studio.ml.export.library_export import merge_adapter
 
     result = merge_adapter(open_library(data), args.adapter, Path(dest), args.dtype,
-                           max_shard_size=args.shard_size, progress=_progress, **kwargs)
+                           max_shard_size=args.shard_size, progress=print_progress, **kwargs)
     return Output(result.to_dict(), f"Merged model ({result.dtype}, {format_bytes(result.size_bytes)}) "
                                     f"written to {result.path}\n{_smoke_line(result.smoke)}")
 
@@ -106,7 +101,7 @@ def cmd_merge(args: argparse.Namespace, data: DataDir) -> Output:
 def cmd_resize(args: argparse.Namespace, data: DataDir) -> Output:
     from studio.ml.blend.resize import resize_adapter
 
-    result = resize_adapter(open_library(data), args.adapter, args.rank, args.name, progress=_progress)
+    result = resize_adapter(open_library(data), args.adapter, args.rank, args.name, progress=print_progress)
     weakest = f"{result.min_layer_energy:.1%} in {result.min_layer}"
     return Output(result.to_dict(), f"Resized rank {result.previous_rank} -> {result.rank}: kept "
                                     f"{result.retained_energy:.1%} of the energy overall, weakest module "
@@ -118,7 +113,7 @@ def cmd_export_ollama(args: argparse.Namespace, data: DataDir) -> Output:
     from studio.ml.export.library_export import export_adapter
 
     result = export_adapter(open_library(data), args.adapter, Path(args.dest), "ollama", from_ref=args.from_ref,
-                            system=args.system, progress=_progress, probe=args.probe)
+                            system=args.system, progress=print_progress, probe=args.probe)
     warnings = "".join(f"\nwarning: {w}" for w in result.warnings)
     return Output(result.to_dict(), f"Ollama bundle written to {result.path}\n"
                                     f"Create it with: cd {result.path} && ollama create NAME -f Modelfile\n"

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from studio.cli.verb import AddParser, Output, VerbGroup, table, verb
+from studio.cli.verb import AddParser, Output, VerbGroup, print_progress, table, verb
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
 
@@ -58,7 +58,7 @@ def _base_folder(args: argparse.Namespace, data: DataDir, adapters: list[str]) -
             return Path(found)
     from studio.ml.base.default_model import ensure_default_model
 
-    return ensure_default_model(data, progress=lambda f, m: print(f"{f * 100:3.0f}% {m}", file=sys.stderr))
+    return ensure_default_model(data, progress=print_progress)
 
 
 def _engine(args: argparse.Namespace, data: DataDir, adapters: list[str]):

@@ -7,10 +7,9 @@ report) and studio.core.shortcuts.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from studio.cli.verb import AddParser, Output, VerbGroup, table, verb
+from studio.cli.verb import AddParser, Output, VerbGroup, print_progress, table, verb
 from studio.core.paths import DataDir
 
 
@@ -21,13 +20,12 @@ def cmd_models(args: argparse.Namespace, data: DataDir) -> Output:
     if args.download:
         from studio.core.basemodels import download_base_model
 
-        info = download_base_model(args.download, data, progress=lambda m: print(m, file=sys.stderr))
+        info = download_base_model(args.download, data, progress=print_progress)
         return Output({"downloaded": info.to_dict()}, f"Downloaded {info.id} to {info.path}")
     if args.prepare_default:
         from studio.ml.base.default_model import ensure_default_model
 
-        path = ensure_default_model(
-            data, progress=lambda f, m: print(f"{f * 100:3.0f}% {m}", file=sys.stderr))
+        path = ensure_default_model(data, progress=print_progress)
         return Output({"path": str(path)}, f"Default model ready in {path}")
     extra = [Path(args.folder)] if args.folder else []
     models = list_base_models(data, extra_folders=extra, include_hf_cache=not args.no_hf_cache)

@@ -72,14 +72,14 @@ def cmd_train(args: argparse.Namespace, data: DataDir) -> Output:
 
 @verb("runs", "list the training runs: status, steps, losses and the checkpoints each one kept")
 def cmd_runs(args: argparse.Namespace, data: DataDir) -> Output:
+    from studio.core.train.checkpoints import kept_steps
     from studio.core.train.runs import list_runs
-    from studio.ml.train.checkpoint_adapter import kept_steps
 
     rows = []
     for run in list_runs(data):
         rows.append({"run_id": run.run_id, "name": run.name, "status": run.status, "step": run.step,
                      "max_steps": run.max_steps, "final_loss": run.final_loss, "best_eval_loss": run.best_eval,
-                     "adapter_id": run.adapter_id, "checkpoints": kept_steps(run.folder), "message": run.message})
+                     "adapter_id": run.adapter_id, "checkpoints": kept_steps(run.run_dir), "message": run.message})
     lines = [f"{r['run_id']}  {r['status']:<11} step {r['step']}/{r['max_steps']}  "
              f"checkpoints at {', '.join(map(str, r['checkpoints'])) or 'none'}" for r in rows]
     return Output({"runs": rows}, "\n".join(lines) or "No training runs yet.")

@@ -1,7 +1,7 @@
 """`lora-studio train`: the command-line front door onto `run_training`.
 
 `add_train_arguments(parser)` declares the options, `config_from_args(args)` turns them into a
-TrainConfig, `run_from_args(args, data)` runs it while streaming every event to stdout (one JSON
+TrainConfig (which checks every value, naming the field), `run_from_args(args, data)` runs it while streaming every event to stdout (one JSON
 object a line with --json, a short human line otherwise), and `train_cli_main(args)` does it all and
 returns an exit code (0 finished, 1 failed, 130 stopped). The first Ctrl-C stops cooperatively
 (a checkpoint is written; resume with --resume RUN_ID), a second one aborts. Knows nothing about
@@ -76,6 +76,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_ID", help="resume a stopped or interrupted run")
     p.add_argument("--device", choices=["auto", "cuda", "cpu", "mps"])
     p.add_argument("--notes")
+    p.add_argument("--tags", nargs="+", metavar="TAG", help="the adapter's tags in the library")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -102,6 +103,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             [t.strip() for t in targets.split(",") if t.strip()]
     if getattr(args, "probe", None):
         values["probe_prompts"] = list(args.probe)
+    if getattr(args, "tags", None):
+        values["tags"] = list(args.tags)
     if getattr(args, "no_gradient_checkpointing", False):
         values["gradient_checkpointing"] = False
     return TrainConfig.from_dict(values)

@@ -3,17 +3,20 @@
 A verb module (library, models, train, blend, chat) makes each verb with `@verb(name, help)`, which
 turns the function into a `Verb` record and registers nothing, and exports one `GROUP = VerbGroup(...)`
 naming its verbs and the hook that declares their arguments. `studio.cli.registry` collects the
-groups. Also here: the helpers several verb groups share (a text table, the adapter library).
+groups. Also here: the helpers several verb groups share (a text table, the adapter library, a long
+job's progress on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from studio.core.paths import DataDir
+from studio.core.progress import StageProgress, describe_progress
 
 if TYPE_CHECKING:
     from studio.core.library.store import AdapterLibrary
@@ -58,6 +61,11 @@ class VerbGroup:
 
     verbs: tuple[Verb, ...]
     add_arguments: Callable[[AddParser], None]
+
+
+def print_progress(event: StageProgress) -> None:
+    """A long job's progress, one line each on stderr (stdout is for the result)."""
+    print(describe_progress(event), file=sys.stderr, flush=True)
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

@@ -13,12 +13,12 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
+from studio.core.progress import OnProgress, Steps
 from studio.core.tensorfiles import TensorInfo, read_header
 
 log = logging.getLogger(__name__)
@@ -235,8 +235,7 @@ def base_config(data: DataDir, name_or_path: str | None) -> dict:
         raise
 
 
-def download_base_model(repo_id: str, data: DataDir,
-                        progress: Callable[[str], None] | None = None) -> BaseModelInfo:
+def download_base_model(repo_id: str, data: DataDir, progress: OnProgress | None = None) -> BaseModelInfo:
     """Download a hub model (safetensors only) into the data directory, failing fast offline.
 
     The files land in a hidden `.download-<name>` folder beside the others (listings skip it) and
@@ -249,8 +248,8 @@ def download_base_model(repo_id: str, data: DataDir,
     target = data.models / repo_id.replace("/", "--")
     if target.is_dir():
         return inspect_base_model(target, model_id=repo_id, source="studio")
-    report = progress or (lambda message: log.info("%s", message))
-    report(f"Downloading {repo_id} from the Hugging Face Hub…")
+    report = Steps(progress, should_stop=None)
+    report("download", None, f"Downloading {repo_id} from the Hugging Face Hub…")
     partial = data.models / f".download-{target.name}"
     try:
         huggingface_hub.model_info(repo_id, timeout=10)  # offline or unknown: fail before anything is written
@@ -279,13 +278,13 @@ def download_base_model(repo_id: str, data: DataDir,
     except OSError as err:  # e.g. a virus scanner holding a new file on Windows: the download is kept
         raise StudioError(f"Downloaded {repo_id}, but could not move it into place: {err}.",
                           hint="Try again in a moment: the files are kept and nothing is downloaded twice.") from err
-    report(f"Downloaded {repo_id}.")
+    report("download", 1.0, f"Downloaded {repo_id}.")
     return inspect_base_model(target, model_id=repo_id, source="studio")
 
 
-def _files_progress(repo_id: str, report: Callable[[str], None]):
-    """A tqdm class for snapshot_download: its files bar reports "k of n files" as messages (the hub
-    client also makes its byte bars from this class; those stay quiet)."""
+def _files_progress(repo_id: str, report: Steps):
+    """A tqdm class for snapshot_download: its files bar reports "k of n files" (the hub client also
+    makes its byte bars from this class; those stay quiet)."""
     from tqdm.auto import tqdm
 
     class FilesProgress(tqdm):
@@ -296,7 +295,8 @@ def _files_progress(repo_id: str, report: Callable[[str], None]):
         def update(self, n: float | None = 1) -> bool | None:
             shown = super().update(n)
             if self.unit != "B":  # the files bar; the hub client's per-file byte bars would flood
-                report(f"Downloading {repo_id}: {int(self.n)} of {self.total} files")
+                fraction = min(1.0, self.n / self.total) if self.total else None
+                report("download", fraction, f"Downloading {repo_id}: {int(self.n)} of {self.total} files")
             return shown
 
     return FilesProgress

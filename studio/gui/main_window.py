@@ -164,7 +164,7 @@ class MainWindow(QMainWindow):
         self.close_welcome()
         config = demo_config(self.device_kind or "cpu", steps=self.demo_steps or DEMO_STEPS)
         if sample_folder is not None:
-            config.data_folder = str(sample_folder)
+            config = config.replace(data_folder=str(sample_folder))
         self.pending_demo_run = True
         self.show_panel(TRAIN)
         self.train_panel.start_run(config)

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.paths import DataDir
+from studio.core.progress import StageProgress
 from studio.core.train.demo import SAMPLE_DATASET
 from studio.gui.recent_folders import last_folder, remember_folder
 from studio.gui.workers import start_job
@@ -137,14 +138,13 @@ class WelcomePage(QWidget):
 
         self.prepare_button.setEnabled(False)
         self.model_label.setText("Converting SmolLM2-135M-Instruct (once; about 20 s on a CPU)…")
-        start_job(lambda emit: ensure_default_model(self.data, progress=lambda f, m: emit((f, m))),
+        start_job(lambda emit: ensure_default_model(self.data, progress=emit),
                   on_event=self._conversion_progress, on_done=self._model_ready,
                   on_error=self._conversion_failed, parent=self)
 
-    def _conversion_progress(self, progress: tuple[float, str]) -> None:
-        fraction, message = progress
-        self.model_progress.setValue(int(fraction * 100))
-        self.model_label.setText(message)
+    def _conversion_progress(self, event: StageProgress) -> None:
+        self.model_progress.setValue(int((event.fraction or 0) * 100))
+        self.model_label.setText(event.message)
 
     def _model_ready(self, path: Path) -> None:
         self.model_progress.setValue(100)
@@ -183,7 +183,7 @@ class WelcomePage(QWidget):
 
         self.bigger_status.setText(f"Downloading {repo_id}…")
         start_job(lambda emit: download_base_model(repo_id.strip(), self.data, progress=emit),
-                  on_event=self.bigger_status.setText,
+                  on_event=lambda event: self.bigger_status.setText(event.message),
                   on_done=lambda info: (self.bigger_status.setText(f"Downloaded {info.id}."),
                                         self.base_model_chosen.emit(str(info.path))),
                   on_error=lambda err, details: self.bigger_status.setText(str(err)), parent=self)

@@ -20,6 +20,7 @@ from studio.core.basemodels import (
     resolve_base_model,
 )
 from studio.core.errors import StudioError
+from studio.core.progress import StageProgress
 
 
 def test_inspect_tiny_base(tiny_base_dir: Path):
@@ -176,12 +177,15 @@ def test_a_download_lands_whole_with_progress_or_not_at_all(studio_home, tiny_ba
 
     whole = FakeHub(tiny_base_dir)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", whole.snapshot_download)
-    messages: list[str] = []
-    info = download_base_model("someone/tiny-chat", studio_home, progress=messages.append)
+    events: list[StageProgress] = []
+    info = download_base_model("someone/tiny-chat", studio_home, progress=events.append)
     files = len([p for p in tiny_base_dir.iterdir() if p.is_file()])
-    assert messages == ["Downloading someone/tiny-chat from the Hugging Face Hub…",
-                        *(f"Downloading someone/tiny-chat: {k} of {files} files" for k in range(1, files + 1)),
-                        "Downloaded someone/tiny-chat."]  # the byte bars stay quiet
+    assert [e.message for e in events] == [
+        "Downloading someone/tiny-chat from the Hugging Face Hub…",
+        *(f"Downloading someone/tiny-chat: {k} of {files} files" for k in range(1, files + 1)),
+        "Downloaded someone/tiny-chat."]  # the byte bars stay quiet
+    assert [e.fraction for e in events] == [None, *(k / files for k in range(1, files + 1)), 1.0]
+    assert {e.stage for e in events} == {"download"}
     assert info.path == studio_home.models / "someone--tiny-chat" and info.fingerprint
     assert [p.name for p in studio_home.models.iterdir()] == ["someone--tiny-chat"]
     assert not (info.path / ".cache").exists()

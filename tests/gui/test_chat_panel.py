@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from studio.core.progress import StageProgress
 from tests.tiny_model import make_tiny_adapter
 
 SEED = 7
@@ -258,7 +259,7 @@ def test_the_default_models_first_conversion_shows_its_progress(studio_home, tin
     from studio.ml.base import default_model
 
     def convert(data, progress=None):  # the conversion itself: tests/e2e/test_default_model.py
-        progress(0.25, "Dequantizing the weights…")
+        progress(StageProgress("convert", 0.25, "Dequantizing the weights…"))
         return tiny_base_dir
 
     monkeypatch.setattr(default_model, "ensure_default_model", convert)

@@ -23,6 +23,7 @@ from PySide6.QtCore import Qt
 from studio.core.paths import DataDir, data_dir
 from studio.core.train import events as ev
 from studio.core.train.config import TrainConfig
+from studio.core.train.run_dir import RunDir
 from studio.core.train.runs import HIDDEN_DIFF_KEYS
 from studio.gui.train.charts import smooth
 from tests.lock_holder import held_by_another_process
@@ -57,7 +58,7 @@ def tiny_config(folder: Path, **overrides) -> TrainConfig:
 
 
 def metrics(folder: Path) -> list:
-    return ev.read_events(folder / "metrics.jsonl")
+    return RunDir(folder).events()
 
 
 def of(events: list, cls: type) -> list:
@@ -66,9 +67,9 @@ def of(events: list, cls: type) -> list:
 
 def run_of(home: DataDir, name: str) -> Path:
     """The folder of the run whose adapter_name is `name`."""
-    for folder in home.runs.iterdir():
-        if json.loads((folder / "config.json").read_text(encoding="utf-8"))["adapter_name"] == name:
-            return folder
+    for run in RunDir.all(home):
+        if run.read_config()["adapter_name"] == name:
+            return run.path
     raise AssertionError(f"no run named {name!r}")
 
 
@@ -155,7 +156,7 @@ def test_the_past_runs_are_listed_with_their_settings(browser, home):
     # One run selected: its full settings, as config.json has them.
     run = run_of(home, "rank 8")
     browser.select([run.name])
-    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    config = RunDir(run).read_config()
     shown = diff_rows(browser)
     assert set(shown) == set(config) - HIDDEN_DIFF_KEYS
     assert shown["rank"][0] == "8" and shown["learning_rate"][0] == "0.001" and shown["base"][0] == "tiny-llama"
@@ -168,7 +169,7 @@ def test_selected_runs_overlay_their_loss_curves(browser, home):
     curves = browser.overlay.curves
     assert len(curves) == 2
     for run in finished:
-        name = json.loads((run / "config.json").read_text(encoding="utf-8"))["adapter_name"]
+        name = RunDir(run).read_config()["adapter_name"]
         (curve,) = [curve for label, curve in curves.items() if label.startswith(f"{name} (")]
         steps = of(metrics(run), ev.Step)
         x, y = curve.getData()
@@ -207,7 +208,7 @@ def test_the_settings_diff_shows_exactly_the_differing_fields(browser, home):
     assert set(shown) == {"adapter_name", "rank", "alpha", "learning_rate"}
     first = browser.selected_ids()[0]  # column A is the first selected row (the table's order)
     left, right = (a, b) if first == a.name else (b, a)
-    configs = [json.loads((run / "config.json").read_text(encoding="utf-8")) for run in (left, right)]
+    configs = [RunDir(run).read_config() for run in (left, right)]
     for key, (value_a, value_b) in shown.items():
         assert (value_a, value_b) == (str(configs[0][key]), str(configs[1][key]))
     assert "4 setting(s) differ" in browser.diff_label.text()
@@ -225,7 +226,7 @@ def test_an_interrupted_run_is_resumable_and_resume_continues_it(qtbot, home):
     assert summary.status == "interrupted" and summary.resumable and summary.step == KILL_AT_STEP
     assert [r.run_id for r in browser.interrupted()] == [killed.name]
     assert not panel.banner.isHidden() and "killed" in panel.banner.text.text()
-    assert (killed / "checkpoints").is_dir()
+    assert RunDir(killed).checkpoints.is_dir()
 
     browser.select([run_of(home, "rank 4").name])
     assert not browser.resume_button.isEnabled()  # a finished run has nothing to resume
@@ -250,12 +251,11 @@ def test_an_interrupted_run_is_resumable_and_resume_continues_it(qtbot, home):
 def test_a_run_another_process_is_training_is_not_offered_for_resume(qtbot, home, tmp_path):
     """A second window or the CLI training a run: the browser says running, and a resume is refused."""
     from studio.core.errors import StudioError
-    from studio.core.train import run_lock
     from studio.gui.train.run_browser import RunBrowser
     from studio.ml.train.run import run_training
 
     killed = run_of(home, "killed")
-    assert (killed / run_lock.LOCK_NAME).is_file()  # the SIGKILLed trainer could not remove it: stale
+    assert RunDir(killed).holder_file.is_file()  # the SIGKILLed trainer could not remove it: stale
     with held_by_another_process(killed):
         widget = RunBrowser(home)
         qtbot.addWidget(widget)
@@ -278,7 +278,7 @@ def test_opening_the_runs_tab_lists_runs_trained_elsewhere(qtbot, home):
     qtbot.addWidget(panel)
     qtbot.waitUntil(lambda: panel.browser.runs is not None, timeout=10_000)
     assert len(panel.browser.runs) == 3
-    folder = Path(json.loads((run_of(home, "rank 4") / "config.json").read_text(encoding="utf-8"))["data_folder"])
+    folder = Path(RunDir(run_of(home, "rank 4")).read_config()["data_folder"])
     assert run_training(tiny_config(folder, adapter_name="from the cli", max_steps=2), home).status == "finished"
     panel.tabs.setCurrentWidget(panel.browser)
     qtbot.waitUntil(lambda: "from the cli" in rows(panel.browser), timeout=10_000)
@@ -290,8 +290,8 @@ def test_a_checkpoint_the_user_picks_is_saved_to_the_library(qtbot, home, monkey
     from PySide6.QtWidgets import QInputDialog
 
     from studio.core.library.store import AdapterLibrary
+    from studio.core.train import checkpoints
     from studio.gui.train.run_browser import RunBrowser
-    from studio.ml.train import checkpoints
 
     widget = RunBrowser(home)
     qtbot.addWidget(widget)
@@ -301,7 +301,7 @@ def test_a_checkpoint_the_user_picks_is_saved_to_the_library(qtbot, home, monkey
     assert not widget.save_checkpoint_button.isEnabled()  # nothing selected
     widget.select([finished.name])
     assert widget.save_checkpoint_button.isEnabled()
-    kept = [checkpoints.step_of(folder) for folder in checkpoints.complete_checkpoints(finished)]
+    kept = checkpoints.kept_steps(RunDir(finished))
     offered: list[list[str]] = []
 
     def pick_the_first(parent, title, label, items, current, editable):

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QWizard
 from studio.core.library.store import AdapterLibrary
 from studio.core.train import events as ev
 from studio.core.train.config import TrainConfig
+from studio.core.train.run_dir import RunDir
 from studio.gui.settings_dialog import BASE_MODEL_KEY
 
 RUN_TIMEOUT_MS = 120_000
@@ -47,7 +48,7 @@ def tiny_config(folder: Path, **overrides) -> TrainConfig:
 
 
 def metrics(home, run_id: str) -> list:
-    return ev.read_events(home.runs / run_id / "metrics.jsonl")
+    return RunDir.of(home, run_id).events()
 
 
 def of(events, cls) -> list:
@@ -153,9 +154,12 @@ def test_pause_and_resume_through_the_buttons(qtbot, panel, library_home, math_f
     assert [s.start_step for s in started] == [0, 1]
 
 
-def test_a_failed_run_shows_its_error_and_the_panel_stays_usable(qtbot, panel, math_folder):
+def test_a_failed_run_shows_its_error_and_the_panel_stays_usable(qtbot, panel, math_folder, monkeypatch):
+    from studio.ml.train.run import OOM_TEST_ENV
+
+    monkeypatch.setenv(OOM_TEST_ENV, "1")  # the training process inherits it
     with qtbot.waitSignal(panel.run_finished, timeout=RUN_TIMEOUT_MS) as done:
-        panel.start_run(tiny_config(math_folder, micro_batch_size=1, _inject_oom_at_step=1))
+        panel.start_run(tiny_config(math_folder, micro_batch_size=1))
     result = done.args[0]
     assert result.status == "failed"
     box = panel.error_box
@@ -174,7 +178,7 @@ def test_an_interrupted_run_is_offered_after_a_restart(qtbot, panel, library_hom
         panel.pause()
     run_id = paused.args[0].run_id
     # The app died right after the checkpoint: the run's last line (Stopped) was never written.
-    path = library_home.runs / run_id / "metrics.jsonl"
+    path = RunDir.of(library_home, run_id).metrics
     lines = path.read_text(encoding="utf-8").splitlines()
     assert json.loads(lines[-1])["type"] == "stopped"
     path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")

@@ -15,6 +15,7 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QColor, QDropEvent
 from PySide6.QtWidgets import QWizard
 
+from studio.core.progress import StageProgress
 from studio.gui.train.wizard_data import TRAINED_COLOUR
 
 
@@ -174,13 +175,13 @@ def test_the_chosen_settings_come_back_as_a_train_config(qtbot, make_wizard, dat
     wizard.next()
     assert wizard.review_page.name_edit.text() == "my-data"
     wizard.review_page.tags_edit.setText(" a, b ,, c")
-    config = wizard.config().validate()
+    config = wizard.config()
     assert (config.data_folder, config.base, config.preset, config.method, config.quant) == (
         str(data_folder), "tiny-llama", "style", "dora", "8bit")
-    assert (config.rank, config.alpha, config.max_steps, config.targets) == (8, 16.0, 12, ["q_proj", "v_proj"])
+    assert (config.rank, config.alpha, config.max_steps, config.targets) == (8, 16.0, 12, ("q_proj", "v_proj"))
     assert (config.early_stopping_patience, config.keep_checkpoints, config.long_samples) == (3, 4, "drop")
-    assert config.probe_prompts == ["What is 2 plus 2?", "Who are you?"]
-    assert config.adapter_name == "my-data" and wizard.tags() == ["a", "b", "c"]
+    assert config.probe_prompts == ("What is 2 plus 2?", "Who are you?")
+    assert config.adapter_name == "my-data" and config.tags == ("a", "b", "c")  # the run publishes them
     review = dict(settings.summary())
     assert review["Early stopping"] == "after 3 evaluations without a better eval loss"
     assert review["Probe prompts"] == "2 of yours"
@@ -193,7 +194,7 @@ def test_the_sample_browser_reports_the_default_models_first_conversion(studio_h
     from studio.ml.base import default_model
 
     def convert(data, progress=None):  # the conversion itself: tests/e2e/test_default_model.py
-        progress(0.5, "Dequantizing the weights…")
+        progress(StageProgress("convert", 0.5, "Dequantizing the weights…"))
         return tiny_base_dir
 
     monkeypatch.setattr(default_model, "ensure_default_model", convert)

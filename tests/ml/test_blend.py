@@ -375,7 +375,7 @@ def test_rslora_blend_saved_equals_both_parents(library, tiny_base_dir):
 
 
 def test_stopping_a_blend_saves_nothing(library):
-    from studio.core.blend.checks import Cancelled
+    from studio.core.progress import Cancelled
     from studio.ml.blend.weighted import BlendSession
 
     seen = []

@@ -166,7 +166,7 @@ def test_refuses_adapter_of_another_base_and_existing_dest(tiny_base_dir, adapte
 
 
 def test_stop_leaves_nothing(tiny_base_dir, adapter, tmp_path):
-    from studio.core.blend.checks import Cancelled
+    from studio.core.progress import Cancelled
     from studio.ml.export.merge import merge_and_export
 
     seen = []

@@ -20,10 +20,13 @@ from pathlib import Path
 import pytest
 
 from studio.core.errors import StudioError
+from studio.core.library.manifest import MANIFEST_NAME
 from studio.core.library.store import AdapterLibrary
+from studio.core.progress import StageProgress
+from studio.core.train import checkpoints
 from studio.core.train import events as ev
 from studio.core.train.config import PRESETS, TrainConfig
-from studio.ml.train import checkpoints
+from studio.core.train.run_dir import RunDir, step_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,7 +120,7 @@ def test_train_config_presets_round_trip_and_checks() -> None:
     for bad in (dict(method="ia3"), dict(quant="2bit"), dict(rank=0), dict(learning_rate=3.0),
                 dict(targets=[]), dict(seq_len=4), dict(max_steps=0, epochs=0)):
         with pytest.raises(StudioError):
-            TrainConfig(data_folder="d", **bad).validate()
+            TrainConfig(data_folder="d", **bad)
     with pytest.raises(StudioError, match="Unknown training setting"):
         TrainConfig.from_dict({"data_folder": "d", "rnak": 8})
     assert TrainConfig(data_folder="d", micro_batch_size=2, grad_accum=4).total_steps(17) == 9  # 3 epochs x 3
@@ -186,8 +189,8 @@ def test_short_run_reports_events_and_adds_a_loadable_adapter(quant, math_folder
     started = seen[len(preparing)]
     assert isinstance(started, ev.RunStarted) and started.quant == quant and isinstance(seen[-1], ev.Finished)
     # metrics.jsonl holds the same events, config.json the config
-    assert ev.read_events(result.run_dir / "metrics.jsonl") == seen
-    stored = TrainConfig.from_dict(json.loads((result.run_dir / "config.json").read_text()))
+    assert RunDir(result.run_dir).events() == seen
+    stored = TrainConfig.from_dict(RunDir(result.run_dir).read_config())
     assert stored == tiny_config(math_folder, tiny_base_dir, quant=quant)
     # the library has it, with the studio's manifest
     entry = AdapterLibrary(studio_home).get(result.adapter_id)
@@ -198,7 +201,7 @@ def test_short_run_reports_events_and_adds_a_loadable_adapter(quant, math_folder
     assert m.metrics["tokens_seen"] == result.tokens_seen and m.metrics["forgetting"]["base_perplexity"] > 0
     assert m.metrics["best_eval_loss"] == min(e.eval_loss for e in of(seen, ev.Eval)) == result.eval_loss
     # the saved adapter is the best checkpoint's, and plain peft loads it with the studio's logits
-    best = checkpoints.checkpoint_path(result.run_dir, m.metrics["best_step"])
+    best = RunDir(result.run_dir).checkpoint(m.metrics["best_step"])
     assert (best / "adapter_model.safetensors").read_bytes() == (entry.path / "adapter_model.safetensors").read_bytes()
     ids = torch.tensor([[1, 20, 33, 47, 5, 60, 71, 2]])
     studio_model, _ = load_for_inference(tiny_base_dir, entry.path, quant=quant, device="cpu")
@@ -250,15 +253,18 @@ def test_stop_leaves_a_checkpoint_and_resume_ends_at_the_same_step(math_folder, 
         assert s.learning_rate == pytest.approx(ref_lr[s.step], rel=1e-6)
         assert s.loss == pytest.approx(ref_loss[s.step], abs=1e-4)
     assert steps_b[0].loss < ref_loss[1] - 0.05  # not reset to the untrained loss
-    all_events = ev.read_events(stopped.run_dir / "metrics.jsonl")
+    all_events = RunDir(stopped.run_dir).events()
     assert all_events == events_a + events_b
     with pytest.raises(StudioError, match="already finished"):
         train(TrainConfig(resume=stopped.run_id), studio_home)
 
 
-def test_oom_with_micro_batch_2_halves_it_and_goes_on_from_the_last_step(math_folder, tiny_base_dir, studio_home):
-    config = tiny_config(math_folder, tiny_base_dir, checkpoint_every=3, eval_every=3, sample_every=0, grad_accum=2,
-                         _inject_oom_at_step=5)
+def test_oom_with_micro_batch_2_halves_it_and_goes_on_from_the_last_step(math_folder, tiny_base_dir, studio_home,
+                                                                         monkeypatch):
+    from studio.ml.train.run import OOM_TEST_ENV
+
+    monkeypatch.setenv(OOM_TEST_ENV, "5")
+    config = tiny_config(math_folder, tiny_base_dir, checkpoint_every=3, eval_every=3, sample_every=0, grad_accum=2)
     result, seen = train(config, studio_home)
     assert result.status == "finished" and result.step == 8
     (oom,) = of(seen, ev.OOMRecovered)
@@ -270,7 +276,9 @@ def test_oom_with_micro_batch_2_halves_it_and_goes_on_from_the_last_step(math_fo
     assert [c.step for c in of(seen, ev.Checkpoint)][:2] == [3, 4]
     assert [s.step for s in of(seen, ev.Step)] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert of(seen, ev.Step)[-1].micro_batch_size == 1
-    assert json.loads((result.run_dir / "config.json").read_text())["micro_batch_size"] == 1
+    saved = RunDir(result.run_dir).read_config()
+    assert saved["micro_batch_size"] == 1  # rewritten for a later resume, and it carries no test hook
+    assert not [key for key in saved if "oom" in key.lower()] and saved == TrainConfig.from_dict(saved).to_dict()
 
 
 def test_oom_at_micro_batch_1_fails_cleanly_and_frees_the_model(math_folder, tiny_base_dir, studio_home,
@@ -289,8 +297,11 @@ def test_oom_at_micro_batch_1_fails_cleanly_and_frees_the_model(math_folder, tin
         return model
 
     monkeypatch.setattr(model_loading, "load_base_for_training", tracking_loader)
+    from studio.ml.train.run import OOM_TEST_ENV
+
+    monkeypatch.setenv(OOM_TEST_ENV, "5")
     config = tiny_config(math_folder, tiny_base_dir, micro_batch_size=1, checkpoint_every=3, eval_every=3,
-                         sample_every=0, _inject_oom_at_step=5)
+                         sample_every=0)
     failed, seen = train(config, studio_home)
     assert failed.status == "failed" and isinstance(seen[-1], ev.Failed)
     # the last completed step was checkpointed as the error struck (the schedule's last one was step 3)
@@ -302,6 +313,7 @@ def test_oom_at_micro_batch_1_fails_cleanly_and_frees_the_model(math_folder, tin
     # the checkpoint it left loads in plain peft
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base_dir), seen[-1].checkpoint)
 
+    monkeypatch.delenv(OOM_TEST_ENV)
     ok, seen2 = train(tiny_config(math_folder, tiny_base_dir, sample_every=0), studio_home)
     assert ok.status == "finished" and isinstance(seen2[-1], ev.Finished)
     gc.collect()
@@ -350,7 +362,7 @@ def test_slow_steps_are_reported_and_mfu_needs_a_known_gpu(tmp_path):
     emitted: list[ev.Event] = []
     tracker = RunTracker(step_times=[0.05] * 12)
     callback = StudioCallback(
-        emit=emitted.append, tracker=tracker, should_stop=lambda: False, run_dir=tmp_path, micro_batch_size=1,
+        emit=emitted.append, tracker=tracker, should_stop=lambda: False, run_dir=RunDir(tmp_path), micro_batch_size=1,
         keep_checkpoints=1, device_kind="cuda", device_name="NVIDIA H100", device_total=1, model_params=1,
         memory_every=0, sample_every=0, probes=[], tokenizer=None, max_new_tokens=1, early_stopping_patience=0,
         slow_step_factor=3.0, counters=lambda: (0, 0))
@@ -396,7 +408,7 @@ def test_the_default_models_first_conversion_is_reported_as_it_goes(math_folder,
     from studio.ml.base import default_model
 
     def convert(data, progress=None):  # the conversion itself is tested in tests/e2e/test_default_model.py
-        progress(0.5, "Dequantizing the weights…")
+        progress(StageProgress("convert", 0.5, "Dequantizing the weights…"))
         return tiny_base_dir
 
     monkeypatch.setattr(default_model, "ensure_default_model", convert)
@@ -413,7 +425,8 @@ def test_cli_entry_point_streams_json_events(math_folder, tiny_base_dir, studio_
 
     code = main(["--home", str(studio_home.root), "--json", str(math_folder), "--base", str(tiny_base_dir),
                  "--quant", "none", "--rank", "4", "--max-steps", "3", "--seq-len", "64", "--micro-batch", "2",
-                 "--grad-accum", "1", "--device", "cpu", "--name", "from cli", "--targets", "q_proj,v_proj"])
+                 "--grad-accum", "1", "--device", "cpu", "--name", "from cli", "--targets", "q_proj,v_proj",
+                 "--tags", "support", "tone", "support"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     streamed = [ev.event_from_dict(json.loads(line)) for line in lines[:-1]]  # one event a line,
@@ -425,6 +438,9 @@ def test_cli_entry_point_streams_json_events(math_folder, tiny_base_dir, studio_
     assert result["peak_memory_bytes"] == streamed[-1].peak_memory > 0
     entry = AdapterLibrary(studio_home).get("from cli")
     assert entry.manifest.target_modules == ["q_proj", "v_proj"] and entry.manifest.rank == 4
+    # the tags are part of the run's config and came out with the adapter's one manifest write
+    assert json.loads((entry.path / MANIFEST_NAME).read_text())["tags"] == ["support", "tone"]
+    assert RunDir(Path(result["run_dir"])).read_config()["tags"] == ["support", "tone"]
     assert json.loads((entry.path / "adapter_config.json").read_text())["base_model_name_or_path"] == \
         str(tiny_base_dir)
 
@@ -449,7 +465,7 @@ def test_a_kept_checkpoint_the_user_picks_becomes_an_adapter(math_folder, tiny_b
 
     assert run(["save-checkpoint", result.run_id, "2", "--name", "early", "--json"]) == 0
     saved = library.get(json.loads(capsys.readouterr().out)["id"])
-    checkpoint = checkpoints.checkpoint_path(result.run_dir, 2)
+    checkpoint = RunDir(result.run_dir).checkpoint(2)
     want, got = load_file(checkpoint / "adapter_model.safetensors"), load_file(saved.path / "adapter_model.safetensors")
     assert want.keys() == got.keys() and all((want[k] == got[k]).all() for k in want)
     finished = library.get(result.adapter_id).manifest
@@ -496,7 +512,7 @@ def test_sigkill_mid_run_leaves_a_resumable_run(math_folder, tiny_base_dir, stud
         run_dir = None
         while time.monotonic() < deadline and proc.poll() is None:
             runs = list(studio_home.runs.iterdir())
-            if runs and checkpoints.complete_checkpoints(runs[0]):
+            if runs and checkpoints.complete_checkpoints(RunDir(runs[0])):
                 run_dir = runs[0]
                 break
             time.sleep(0.05)
@@ -510,16 +526,16 @@ def test_sigkill_mid_run_leaves_a_resumable_run(math_folder, tiny_base_dir, stud
             proc.wait()
     library = AdapterLibrary(studio_home)
     assert library.list() == [] and library.problems() == []
-    events = ev.read_events(run_dir / "metrics.jsonl")
+    events = RunDir(run_dir).events()
     killed_at = max(e.step for e in events if isinstance(e, ev.Step))
     assert killed_at < 16 and not any(isinstance(e, ev.TERMINAL_TYPES) for e in events)
-    last = checkpoints.last_complete(run_dir)
+    last = checkpoints.last_complete(RunDir(run_dir))
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base_dir), last)
     resumed, seen = train(TrainConfig(resume=run_dir.name), studio_home)
     assert resumed.status == "finished" and resumed.step == 16
-    assert of(seen, ev.RunStarted)[0].start_step == checkpoints.step_of(last)
-    assert [s.step for s in of(seen, ev.Step)] == list(range(checkpoints.step_of(last) + 1, 17))
+    assert of(seen, ev.RunStarted)[0].start_step == step_of(last)
+    assert [s.step for s in of(seen, ev.Step)] == list(range(step_of(last) + 1, 17))
     assert library.get(resumed.adapter_id).manifest.metrics["steps"] == 16

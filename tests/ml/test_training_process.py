@@ -11,9 +11,10 @@ import signal
 import pytest
 
 from studio.core.errors import StudioError
+from studio.core.train import checkpoints
 from studio.core.train import events as ev
 from studio.core.train.config import TrainConfig
-from studio.ml.train import checkpoints
+from studio.core.train.run_dir import RunDir
 from studio.ml.train.child_process import LOG_NAME, TrainingProcessError, run_training_in_child
 from tests.ml.test_training import math_folder, of, tiny_config  # noqa: F401 - math_folder is a fixture
 
@@ -27,7 +28,7 @@ def test_child_run_streams_events_and_returns_the_result(math_folder, tiny_base_
     assert isinstance(seen[0], ev.Preparing) and isinstance(seen[-1], ev.Finished)
     assert [type(e) for e in seen if not isinstance(e, ev.Preparing)][0] is ev.RunStarted
     # what came through the pipe is what the run wrote to its metrics file
-    assert ev.read_events(result.run_dir / "metrics.jsonl") == seen
+    assert RunDir(result.run_dir).events() == seen
     # the child logs to its own file in the data directory (the window's log has one writer)
     assert "Training process" in (studio_home.logs / LOG_NAME).read_text(encoding="utf-8")
 
@@ -42,7 +43,7 @@ def test_stop_request_reaches_the_child_and_leaves_a_checkpoint(math_folder, tin
     config = tiny_config(math_folder, tiny_base_dir, checkpoint_every=2, sample_every=0)
     result = run_training_in_child(config, studio_home, on_event=record, should_stop=lambda: bool(steps))
     assert result.status == "stopped" and 1 <= result.step < 8
-    assert checkpoints.is_complete(checkpoints.checkpoint_path(result.run_dir, result.step))
+    assert checkpoints.complete_at(RunDir(result.run_dir), result.step)
 
 
 def test_errors_in_the_child_keep_their_message_and_hint(math_folder, tiny_base_dir, studio_home, tmp_path):  # noqa: F811
@@ -74,7 +75,7 @@ def test_a_child_killed_mid_run_is_a_clear_error_and_the_run_stays_resumable(mat
     with pytest.raises(TrainingProcessError, match="ended unexpectedly") as caught:
         run_training_in_child(config, studio_home, on_event=kill_after_first_checkpoint)
     assert "resume" in caught.value.hint
-    run_dir = studio_home.runs / started[0].run_id
+    run_dir = RunDir.of(studio_home, started[0].run_id)
     assert checkpoints.last_complete(run_dir) is not None
     resumed = run_training_in_child(TrainConfig(resume=started[0].run_id), studio_home)
     assert resumed.status == "finished" and resumed.step == 40

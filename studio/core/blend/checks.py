@@ -1,4 +1,4 @@
-"""Blend recipes, the compatibility check that runs before anything is loaded, progress events.
+"""Blend recipes and the compatibility check that runs before anything is loaded.
 
 A blend makes one new LoRA adapter from several adapters of the same base with peft's
 `add_weighted_adapter`. This module knows the methods and what each one really computes, reads
@@ -59,19 +59,6 @@ METHOD_HELP: dict[str, str] = {
     "magnitude_prune_svd": "Keeps the largest `density` fraction of each full update, weighted "
                            "sum, then SVD to the chosen rank.",
 }
-
-
-@dataclass(frozen=True)
-class StageProgress:
-    """One step of a blend, merge or export: its stage, the overall fraction done, a sentence."""
-
-    stage: str
-    fraction: float
-    message: str
-
-
-class Cancelled(StudioError):
-    """The user stopped a blend, merge or export; nothing was written."""
 
 
 @dataclass(frozen=True)

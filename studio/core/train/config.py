@@ -1,16 +1,17 @@
-"""What a training run is asked to do: the `TrainConfig` dataclass, its presets and its checks.
+"""What a training run is asked to do: the frozen `TrainConfig` value, its presets and its checks.
 
-A config is plain data (to_dict/from_dict, stored as runs/<run-id>/config.json). `validate()` raises
-StudioError saying which value is wrong and what to use instead. Presets ("style", "task",
-"knowledge") fill rank/alpha/targets/learning rate/epochs for the three usual goals. This module
-knows nothing about torch or how training runs; the engine is studio.ml.train.run.
+A config is plain data (to_dict/from_dict, stored as the run folder's config). It is checked once,
+when it is made: a value that cannot work raises StudioError naming the field and what to use
+instead, so every TrainConfig that exists is valid; change one with `replace(...)`. Presets
+("style", "task", "knowledge") fill rank/alpha/targets/learning rate/epochs for the three usual
+goals. Plain Python; the engine that runs a config is studio.ml.train.run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from studio.core.basemodels import DEFAULT_BASE_ID
@@ -23,6 +24,8 @@ SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
 DEVICES = ("auto", "cuda", "cpu", "mps")
 LONG_SAMPLES = ("truncate", "drop")
 SCHEMA_VERSION = 1
+# Keys older config.json files may hold that are no longer settings: dropped when read.
+LEGACY_KEYS = frozenset({"_inject_oom_at_step"})
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Tone and format: few parameters, attention only, short.
@@ -42,7 +45,7 @@ PRESET_HELP = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     data_folder: str = ""
     adapter_name: str = ""  # default: the data folder's name
@@ -50,7 +53,7 @@ class TrainConfig:
     preset: str = ""  # informational once applied: "style" | "task" | "knowledge" | ""
     method: str = "lora"  # lora | dora | rslora
     quant: str = "4bit"  # 4bit (NF4, double quantization) | 8bit | none
-    targets: str | list[str] = "all-linear"  # "attention" | "all-linear" | explicit module names
+    targets: str | tuple[str, ...] = "all-linear"  # "attention" | "all-linear" | explicit module names
     rank: int = 16
     alpha: float = 32.0
     dropout: float = 0.05
@@ -68,7 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = about five checkpoints per run
     keep_checkpoints: int = 2  # the last K complete checkpoints are kept (plus the best)
     sample_every: int = 0  # steps; 0 = never
-    probe_prompts: list[str] = field(default_factory=list)  # default: the first validation questions
+    probe_prompts: tuple[str, ...] = ()  # default: the first validation questions
     sample_max_new_tokens: int = 32
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
     seed: int = 42
@@ -82,9 +85,22 @@ class TrainConfig:
     parent_adapter: str = ""  # continue training this library adapter (its rank/targets are kept)
     resume: str = ""  # run id to resume from its last complete checkpoint
     notes: str = ""
-    # Test-only: raise torch.OutOfMemoryError once, in the training step of this step number (1-based).
-    _inject_oom_at_step: int = 0
+    tags: tuple[str, ...] = ()  # the adapter's tags in the library, written with it
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        # Sequences are kept as tuples, so the value cannot change behind the frozen fields.
+        for name in ("targets", "probe_prompts", "tags"):
+            value = getattr(self, name)
+            if name == "targets" and isinstance(value, str):
+                continue
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise StudioError(f"{name} must be a list of text, not {value!r}.")
+            object.__setattr__(self, name, tuple(value))
+        if not all(isinstance(t, str) for t in self.tags):
+            raise StudioError(f"tags must be a list of text, not {list(self.tags)!r}.")
+        object.__setattr__(self, "tags", tuple(dict.fromkeys(t.strip() for t in self.tags if t.strip())))
+        self._check()
 
     # ------------------------------------------------------------ construction
 
@@ -97,12 +113,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["targets"] = list(self.targets) if isinstance(self.targets, (list, tuple)) else self.targets
+        for name in ("targets", "probe_prompts", "tags"):
+            if isinstance(data[name], tuple):
+                data[name] = list(data[name])
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k not in LEGACY_KEYS}
         unknown = sorted(set(data) - known)
         if unknown:
             raise StudioError(f"Unknown training setting(s): {', '.join(unknown)}.",
@@ -114,10 +133,14 @@ class TrainConfig:
 
     # ------------------------------------------------------------ checks
 
-    def validate(self) -> TrainConfig:
-        """Raise StudioError on the first value that cannot work; returns self."""
+    def _check(self) -> None:
+        """Raise StudioError on the first value that cannot work, naming its field."""
         if not self.data_folder and not self.resume:
-            raise StudioError("No data folder was given.", hint="Choose the folder that holds your training files.")
+            raise StudioError("data_folder: no data folder was given.",
+                              hint="Choose the folder that holds your training files.")
+        for name in ("data_folder", "adapter_name", "base", "preset", "parent_adapter", "resume", "notes"):
+            if not isinstance(getattr(self, name), str):
+                raise StudioError(f"{name} must be text, not {getattr(self, name)!r}.")
         _choice("method", self.method, METHODS)
         _choice("quant", self.quant, QUANTS)
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
@@ -128,12 +151,24 @@ class TrainConfig:
         if isinstance(self.targets, str):
             _choice("targets", self.targets, TARGET_PRESETS)
         elif not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-            raise StudioError("targets must be 'attention', 'all-linear' or a list of module names.")
+            raise StudioError(f"targets must be 'attention', 'all-linear' or a list of module names, "
+                              f"not {list(self.targets)!r}.")
+        if not all(isinstance(p, str) for p in self.probe_prompts):
+            raise StudioError(f"probe_prompts must be a list of prompts (text), not {list(self.probe_prompts)!r}.")
         _positive("rank", self.rank)
         _positive("micro_batch_size", self.micro_batch_size)
         _positive("grad_accum", self.grad_accum)
         _positive("keep_checkpoints", self.keep_checkpoints)
         _positive("sample_max_new_tokens", self.sample_max_new_tokens)
+        _positive("seq_len", self.seq_len)
+        for name in ("warmup_steps", "max_steps", "eval_every", "checkpoint_every", "sample_every",
+                     "early_stopping_patience", "memory_every", "seed"):
+            _whole(name, getattr(self, name))
+        for name in ("alpha", "dropout", "learning_rate", "warmup_ratio", "epochs", "val_fraction", "weight_decay",
+                     "max_grad_norm", "slow_step_factor"):
+            _number(name, getattr(self, name))
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise StudioError(f"gradient_checkpointing must be true or false, not {self.gradient_checkpointing!r}.")
         if self.alpha <= 0:
             raise StudioError(f"alpha must be positive, not {self.alpha}.", hint="A common choice is 2 x rank.")
         if not 0 <= self.dropout < 1:
@@ -141,21 +176,20 @@ class TrainConfig:
         if not 0 < self.learning_rate < 1:
             raise StudioError(f"learning_rate {self.learning_rate} is out of range.",
                               hint="LoRA usually trains well between 1e-5 and 5e-4.")
-        if not 0 <= self.warmup_ratio < 1 or self.warmup_steps < 0:
-            raise StudioError("warmup_ratio must be in [0, 1) and warmup_steps >= 0.")
-        if self.max_steps < 0 or (self.max_steps == 0 and not self.epochs > 0):
-            raise StudioError("Give a positive number of epochs or max_steps.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise StudioError(f"warmup_ratio must be in [0, 1), not {self.warmup_ratio}.")
+        if self.max_steps == 0 and not self.epochs > 0:
+            raise StudioError(f"epochs must be positive when max_steps is 0, not {self.epochs}.",
+                              hint="Give a positive number of epochs or max_steps.")
         if self.seq_len < 16:
             raise StudioError(f"seq_len {self.seq_len} is too short.", hint="Use 256 to 4096 tokens.")
         if not 0 <= self.val_fraction < 0.9:
             raise StudioError(f"val_fraction must be in [0, 0.9), not {self.val_fraction}.")
-        for name in ("eval_every", "checkpoint_every", "sample_every", "early_stopping_patience",
-                     "memory_every", "_inject_oom_at_step"):
-            if getattr(self, name) < 0:
-                raise StudioError(f"{name} cannot be negative.")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            name = "weight_decay" if self.weight_decay < 0 else "max_grad_norm"
+            raise StudioError(f"{name} cannot be negative, not {getattr(self, name)}.")
         if self.slow_step_factor <= 1:
-            raise StudioError("slow_step_factor must be above 1.")
-        return self
+            raise StudioError(f"slow_step_factor must be above 1, not {self.slow_step_factor}.")
 
     # ------------------------------------------------------------ derived values
 
@@ -190,3 +224,13 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 def _positive(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise StudioError(f"{name} must be a positive whole number, not {value!r}.")
+
+
+def _whole(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StudioError(f"{name} must be a whole number, 0 or more, not {value!r}.")
+
+
+def _number(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise StudioError(f"{name} must be a number, not {value!r}.")

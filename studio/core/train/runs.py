@@ -1,6 +1,6 @@
 """The training runs in the data directory, summarised from their files: for the run browser and the CLI.
 
-`list_runs(data)` reads runs/<run-id>/config.json and metrics.jsonl into RunSummary rows. A run
+`list_runs(data)` reads each run's config and events (through its RunDir) into RunSummary rows. A run
 whose last event is not Finished, Failed or Stopped was interrupted (the app closed or crashed),
 unless another live process holds its lock (studio.core.train.run_lock): then it is running elsewhere.
 Plain Python, no torch or Qt.
@@ -8,23 +8,23 @@ Plain Python, no torch or Qt.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from studio.core.paths import DataDir
 from studio.core.train import run_lock
-from studio.core.train.events import Eval, Failed, Finished, RunStarted, Step, Stopped, read_events
+from studio.core.train.events import Eval, Failed, Finished, RunStarted, Step, Stopped
+from studio.core.train.run_dir import RunDir
 
 RESUMABLE = ("interrupted", "stopped", "failed")
-HIDDEN_DIFF_KEYS = {"schema_version", "resume", "_inject_oom_at_step"}
+HIDDEN_DIFF_KEYS = {"schema_version", "resume"}
 
 
 @dataclass
 class RunSummary:
     run_id: str
-    folder: Path
+    run_dir: RunDir
     config: dict[str, Any]
     status: str  # finished | stopped | failed | interrupted | running (in another process)
     step: int = 0
@@ -53,16 +53,14 @@ class RunSummary:
         return self.status in RESUMABLE
 
 
-def summarize_run(folder: Path) -> RunSummary | None:
-    """One run folder as a RunSummary; None when it has no readable config.json."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def summarize_run(run: RunDir) -> RunSummary | None:
+    """One run folder as a RunSummary; None when it has no readable config."""
+    config = run.read_config()
+    if config is None:
         return None
-    events = read_events(folder / "metrics.jsonl")
-    summary = RunSummary(run_id=folder.name, folder=folder, config=config, status="interrupted")
+    summary = RunSummary(run_id=run.run_id, run_dir=run, config=config, status="interrupted")
     by_step: dict[int, float] = {}  # a resumed run redoes steps after its checkpoint: keep the latest
-    for event in events:
+    for event in run.events():
         if isinstance(event, Step):
             by_step[event.step] = event.loss
             summary.step, summary.max_steps, summary.final_loss = event.step, event.max_steps, event.loss
@@ -77,7 +75,7 @@ def summarize_run(folder: Path) -> RunSummary | None:
             summary.status = "stopped"
         elif isinstance(event, Failed):
             summary.status, summary.message = "failed", event.message
-    if summary.status == "interrupted" and run_lock.holder(folder) is not None:
+    if summary.status == "interrupted" and run_lock.holder(run) is not None:
         summary.status = "running"  # another live process (a second window, the CLI) is training it
     summary.steps = sorted(by_step)
     summary.losses = [by_step[s] for s in summary.steps]
@@ -86,10 +84,8 @@ def summarize_run(folder: Path) -> RunSummary | None:
 
 def list_runs(data: DataDir) -> list[RunSummary]:
     """Every run in the data directory, newest first."""
-    if not data.runs.is_dir():
-        return []
-    runs = [summarize_run(folder) for folder in sorted(data.runs.iterdir(), reverse=True) if folder.is_dir()]
-    return [run for run in runs if run is not None]
+    summaries = [summarize_run(run) for run in RunDir.all(data)]
+    return [summary for summary in summaries if summary is not None]
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], everything: bool = False) -> list[tuple[str, str, str]]:

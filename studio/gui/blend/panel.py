@@ -33,12 +33,11 @@ from studio.core.blend.checks import (
     METHODS,
     AdapterFacts,
     BlendPlan,
-    Cancelled,
-    StageProgress,
 )
 from studio.core.errors import StudioError
 from studio.core.library.store import AdapterLibrary
 from studio.core.paths import DataDir
+from studio.core.progress import Cancelled, StageProgress
 from studio.gui.blend.parents import ParentsTable
 from studio.gui.blend.work import (
     BlendOutcome,

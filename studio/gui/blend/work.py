@@ -21,8 +21,6 @@ from studio.core.blend.checks import (
     AdapterFacts,
     BlendPlan,
     BlendRecipe,
-    Cancelled,
-    StageProgress,
     check_blend,
     read_adapter_facts,
     suitable_methods,
@@ -30,6 +28,7 @@ from studio.core.blend.checks import (
 from studio.core.errors import StudioError
 from studio.core.library.store import AdapterLibrary
 from studio.core.paths import DataDir
+from studio.core.progress import Cancelled, StageProgress, span
 
 Emit = Callable[[Any], None]
 
@@ -198,18 +197,15 @@ class BlendWork:
         """(Re)load the session if the parents changed, blend if the recipe changed, then ask / save."""
         from studio.ml.blend.weighted import BlendSession
 
-        def report(low: float, high: float):
-            return lambda p: emit(StageProgress(p.stage, low + (high - low) * p.fraction, p.message))
-
         if self.session is not None and tuple(self.session.adapters) != spec.adapters:
             self.close()
         if self.session is None:
             self.session = BlendSession(self.library, list(spec.adapters), data=self.data,
-                                        progress=report(0.0, 0.5), should_stop=self.stop.is_set)
+                                        progress=span(emit, 0.0, 0.5), should_stop=self.stop.is_set)
         session = self.session
         if self.blended != spec or session.result is None:
             self.blended = None
-            session.progress = report(0.5, 0.85)
+            session.progress = span(emit, 0.5, 0.85)
             session.blend(spec.weights, spec.method, **spec.options())
             self.blended = spec
         plan = session.result.plan
@@ -221,7 +217,7 @@ class BlendWork:
         if self.stop.is_set():
             raise Cancelled("Stopped.", hint="Nothing was saved.")
         if save is not None:
-            session.progress = report(0.9, 1.0)
+            session.progress = span(emit, 0.9, 1.0)
             entry = session.save(save[0], tags=save[1])
             outcome = replace(outcome, saved_id=entry.id, saved_name=entry.name)
         return outcome

@@ -23,6 +23,7 @@ from typing import Any
 from studio.core.basemodels import DEFAULT_BASE_ID
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
+from studio.core.progress import StageProgress
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,10 @@ class ChatWork:
         if base_id == DEFAULT_BASE_ID:
             from studio.ml.base.default_model import ensure_default_model
 
-            def converting(fraction: float, message: str) -> None:
+            def converting(event: StageProgress) -> None:
                 if emit is not None:
-                    emit(EngineLoading(base_id, f"Preparing the default model (first use only, {fraction:.0%}): "
-                                                f"{message}"))
+                    emit(EngineLoading(base_id, f"Preparing the default model (first use only, "
+                                                f"{event.fraction or 0:.0%}): {event.message}"))
 
             return ensure_default_model(self.data, progress=converting)
         from studio.core.basemodels import resolve_base_model

@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 from studio.core.library.store import AdapterEntry, AdapterLibrary
 from studio.core.paths import DataDir
 from studio.core.train.events import Eval, Step, read_events
+from studio.core.train.run_dir import RunDir
 from studio.gui.error_dialog import show_error
 
 THUMBNAIL_HEIGHT = 140
@@ -181,7 +182,7 @@ class AdapterDetail(QWidget):
         self._show_curve(m.hyperparameters.get("run_id") if isinstance(m.hyperparameters, dict) else None)
 
     def _show_curve(self, run_id: str | None) -> None:
-        steps, evals = loss_series(self.data.runs / run_id / "metrics.jsonl") if run_id else ([], [])
+        steps, evals = loss_series(RunDir.of(self.data, run_id).metrics) if run_id else ([], [])
         self.train_curve.setData([s for s, _ in steps], [v for _, v in steps])
         self.eval_curve.setData([s for s, _ in evals], [v for _, v in evals])
         self.plot.setVisible(bool(steps))

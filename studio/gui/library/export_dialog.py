@@ -29,10 +29,10 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.basemodels import resolve_base_model
-from studio.core.blend.checks import Cancelled, StageProgress
 from studio.core.errors import StudioError
 from studio.core.library.store import AdapterLibrary, slugify
 from studio.core.paths import DataDir
+from studio.core.progress import Cancelled, StageProgress
 from studio.gui.error_dialog import show_error
 from studio.gui.library.export_formats import (
     ExportOutcome,

@@ -33,6 +33,7 @@ from studio.core.errors import StudioError
 from studio.core.paths import DataDir
 from studio.core.train import events as ev
 from studio.core.train.config import TrainConfig
+from studio.core.train.run_dir import RunDir
 from studio.gui.error_dialog import show_error
 from studio.gui.train.charts import TrainingCharts
 from studio.gui.train.run_browser import InterruptedRunBanner, RunBrowser
@@ -82,7 +83,6 @@ class TrainPanel(QWidget):
         self._done = threading.Event()
         self._done.set()
         self._stop_mode = ""  # "stop" | "pause" once asked
-        self._pending_tags: list[str] = []
         self._max_steps = 0
         self._step_log_every = 1
 
@@ -178,17 +178,25 @@ class TrainPanel(QWidget):
             return self.wizard
         wizard = TrainWizard(self.data, self, folder=folder, parent_adapter=parent_adapter)
         wizard.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        wizard.accepted.connect(lambda: self.start_run(wizard.config(), tags=wizard.tags()))
+        wizard.accepted.connect(lambda: self._start_from(wizard))
         wizard.finished.connect(lambda _code: setattr(self, "wizard", None))
         self.wizard = wizard
         wizard.show()
         return wizard
 
+    def _start_from(self, wizard) -> None:
+        try:
+            config = wizard.config()
+        except StudioError as err:  # a setting no widget range could rule out
+            self.error_box = show_error(self, err, title="Training could not start")
+            return
+        self.start_run(config)
+
     def continue_training(self, adapter_id: str):
         """The wizard, set to train `adapter_id` further on new data (its rank and targets are kept)."""
         return self.start_wizard(parent_adapter=adapter_id)
 
-    def start_run(self, config: TrainConfig, tags: list[str] | None = None) -> None:
+    def start_run(self, config: TrainConfig) -> None:
         if self._running:
             self.error_box = show_error(self, StudioError("A training run is already in progress.",
                                                           hint="Stop or pause it first."))
@@ -196,14 +204,13 @@ class TrainPanel(QWidget):
         self._stop_flag.clear()
         self._done.clear()
         self._stop_mode = ""
-        self._pending_tags = list(tags or [])
         self._running = True
         self.banner.show_runs([])
         self.tabs.setCurrentIndex(0)
         self._reset_dashboard()
         if config.resume:
             self.run_id = config.resume
-            self._replay(self.data.runs / config.resume / "metrics.jsonl")
+            self._replay(RunDir.of(self.data, config.resume))
             self.title.setText(f"Resuming {config.resume}…")
         else:
             self.run_id = None
@@ -298,9 +305,9 @@ class TrainPanel(QWidget):
         self.progress.setFormat(f"step {step.step} / {step.max_steps} · epoch {step.epoch:.2f} · "
                                 f"ETA {format_eta(step.eta_seconds)}")
 
-    def _replay(self, metrics: Path) -> None:
+    def _replay(self, run: RunDir) -> None:
         """Put a resumed run's history back on the charts (quietly: only the log's summary line)."""
-        events = ev.read_events(metrics)
+        events = run.events()
         for event in events:
             self._apply(event, live=False)
         if events:
@@ -320,13 +327,6 @@ class TrainPanel(QWidget):
         if result.status == "finished":
             self.title.setText(f"Finished: {result.message}")
             self.progress.setFormat(f"done: {result.step} steps")
-            if self._pending_tags and result.adapter_id:
-                from studio.core.library.store import AdapterLibrary
-
-                try:
-                    AdapterLibrary(self.data).tag(result.adapter_id, add=self._pending_tags)
-                except StudioError as err:
-                    self._log(f"⚠ could not tag the adapter: {err}")
         elif result.status == "stopped":
             if self._stop_mode == "pause":
                 self.title.setText(f"Paused at step {result.step} of {result.max_steps}. Resume continues from "

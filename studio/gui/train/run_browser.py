@@ -29,6 +29,8 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.paths import DataDir
+from studio.core.train import checkpoints
+from studio.core.train.run_dir import step_of
 from studio.core.train.runs import RunSummary, config_diff, list_runs
 from studio.gui.train.charts import LossOverlay
 from studio.gui.workers import start_job
@@ -211,7 +213,6 @@ class RunBrowser(QWidget):
 
     def save_checkpoint(self) -> None:
         """Ask which kept checkpoint of the selected run to add to the library, then add it in a worker."""
-        from studio.ml.train import checkpoints
         from studio.ml.train.checkpoint_adapter import save_checkpoint_as_adapter
 
         ids = self.selected_ids()
@@ -219,8 +220,8 @@ class RunBrowser(QWidget):
         if run is None:
             return
         choices: dict[str, int] = {}
-        for folder in checkpoints.complete_checkpoints(run.folder):
-            step = checkpoints.step_of(folder) or 0
+        for folder in checkpoints.complete_checkpoints(run.run_dir):
+            step = step_of(folder) or 0
             eval_loss = (checkpoints.read_marker(folder) or {}).get("eval_loss")
             best = " (the best so far)" if eval_loss is not None else ""
             choices[f"step {step}{best}"] = step

@@ -1,7 +1,7 @@
 """The train-from-folder wizard: data (page 1), model and settings (page 2), review and start (page 3).
 
-`TrainWizard(data, folder=..., base=..., parent_adapter=...)` collects a TrainConfig; the caller
-reads `config()` and `tags()` once it is accepted (the Train panel starts the run). The pages live
+`TrainWizard(data, folder=..., base=..., parent_adapter=...)` collects a TrainConfig (the adapter's
+tags included); the caller reads `config()` once it is accepted (the Train panel starts the run). The pages live
 in wizard_data (folder, report, sample browser) and wizard_settings (base, method, preset, advanced
 settings, live estimate). Knows nothing about running the training.
 """
@@ -75,7 +75,7 @@ class ReviewPage(QWizardPage):
 
 
 class TrainWizard(QWizard):
-    """Folder → settings → review. Accepted means "start": read `config()` and `tags()`."""
+    """Folder → settings → review. Accepted means "start": read `config()`."""
 
     def __init__(self, data: DataDir, parent=None, *, folder: Path | str | None = None, base: str | None = None,
                  parent_adapter: str = "") -> None:
@@ -102,11 +102,11 @@ class TrainWizard(QWizard):
             self.data_page.set_folder(Path(folder))
 
     def config(self) -> TrainConfig:
-        """The TrainConfig the user chose (validated by the engine when the run starts)."""
+        """The TrainConfig the user chose (StudioError, naming the field, for a value that cannot work)."""
         review = self.review_page
         config = TrainConfig(data_folder=str(self.data_page.folder or ""),
                              adapter_name=review.name_edit.text().strip(),
-                             notes=review.notes_edit.toPlainText().strip())
+                             notes=review.notes_edit.toPlainText().strip(), tags=tuple(self.tags()))
         return self.settings_page.apply_to(config)
 
     def tags(self) -> list[str]:

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 
 from studio.core.dataset import IGNORE_INDEX, ScanResult
 from studio.core.paths import DataDir
+from studio.core.progress import StageProgress
 from studio.gui.workers import start_job
 
 TRAINED_COLOUR = "#bfeebf"  # background of the tokens the loss is taken on
@@ -62,9 +63,9 @@ def render_samples(data: DataDir, base: str, samples: list, seq_len: int = 1024,
     from studio.ml.base.default_model import resolve_base
     from studio.ml.base.loading import load_tokenizer
 
-    def converting(fraction: float, message: str) -> None:
+    def converting(event: StageProgress) -> None:
         if emit is not None:
-            emit(f"Preparing the default model (first use only, {fraction:.0%}): {message}")
+            emit(f"Preparing the default model (first use only, {event.fraction or 0:.0%}): {event.message}")
 
     info, _ = resolve_base(data, base, converting)
     tokenizer = load_tokenizer(info.path)

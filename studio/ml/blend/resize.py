@@ -18,19 +18,16 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.core.blend.checks import Cancelled, StageProgress
 from studio.core.errors import StudioError
 from studio.core.library.manifest import MANIFEST_NAME, AdapterManifest, Lineage
+from studio.core.progress import Cancelled, OnProgress, ShouldStop, StageProgress
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[StageProgress], None]
-ShouldStop = Callable[[], bool]
 WEIGHTS = "adapter_model.safetensors"
 _NOT_COPIED = {WEIGHTS, "adapter_config.json", MANIFEST_NAME, "README.md"}
 
@@ -120,7 +117,7 @@ def _scaling(config: dict[str, Any]) -> float:
     return alpha / (r ** 0.5 if config.get("use_rslora") else r)
 
 
-def resize_folder(src: Path | str, out: Path | str, rank: int, *, progress: Progress | None = None,
+def resize_folder(src: Path | str, out: Path | str, rank: int, *, progress: OnProgress | None = None,
                   should_stop: ShouldStop | None = None) -> tuple[int, list[LayerEnergy], float]:
     """Write the rank-`rank` version of the peft adapter in `src` to the (new) folder `out`.
 
@@ -164,7 +161,7 @@ def resize_folder(src: Path | str, out: Path | str, rank: int, *, progress: Prog
     return current, layers, overall
 
 
-def resize_adapter(library, adapter: str, rank: int, name: str, *, progress: Progress | None = None,
+def resize_adapter(library, adapter: str, rank: int, name: str, *, progress: OnProgress | None = None,
                    should_stop: ShouldStop | None = None, tags: tuple[str, ...] = (),
                    notes: str = "") -> ResizeResult:
     """Resize a library adapter to `rank` and save the result as a new adapter called `name`."""

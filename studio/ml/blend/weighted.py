@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,19 +37,16 @@ from studio.core.blend.checks import (
     AdapterFacts,
     BlendPlan,
     BlendRecipe,
-    Cancelled,
-    StageProgress,
     check_blend,
     facts_of_entries,
     read_adapter_facts,
 )
 from studio.core.errors import StudioError
 from studio.core.library.manifest import AdapterManifest, Lineage
+from studio.core.progress import Cancelled, OnProgress, ShouldStop, Steps
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[StageProgress], None]
-ShouldStop = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -180,7 +177,7 @@ class BlendSession:
     adapters: Sequence[str]
     data: Any = None  # DataDir; defaults to the library's
     device: str | None = None
-    progress: Progress | None = None
+    progress: OnProgress | None = None
     should_stop: ShouldStop | None = None
     parents: list[_Parent] = field(default_factory=list, init=False)
     result: BlendResult | None = field(default=None, init=False)
@@ -229,11 +226,8 @@ class BlendSession:
     # -------------------------------------------------------------- internals
 
     def _step(self, stage: str, fraction: float, message: str) -> None:
-        if self.should_stop and self.should_stop():
-            raise Cancelled(f"Stopped before: {message}", hint="Nothing was saved.")
-        log.info("%3.0f%% %s", fraction * 100, message)
-        if self.progress:
-            self.progress(StageProgress(stage, fraction, message))
+        # progress and should_stop are read each time: the GUI points them at each job in turn
+        Steps(self.progress, self.should_stop, cancelled_hint="Nothing was saved.")(stage, fraction, message)
 
     @property
     def facts(self) -> list[AdapterFacts]:
@@ -371,7 +365,8 @@ class BlendSession:
 
 def blend_adapters(library, adapters: Sequence[str], weights: Sequence[float], method: str, name: str, *,
                    density: float | None = None, rank: int | None = None, seed: int = 0,
-                   majority_sign_method: str = "total", data=None, device: str | None = None, progress: Progress | None = None,
+                   majority_sign_method: str = "total", data=None, device: str | None = None,
+                   progress: OnProgress | None = None,
                    should_stop: ShouldStop | None = None, tags: Sequence[str] = (), notes: str = ""):
     """Check, load, blend and save in one call (the CLI's path); the new library entry."""
     entries = [library.get(ref) for ref in adapters]

@@ -26,6 +26,7 @@ from typing import Any
 
 from studio.core.basemodels import inspect_base_model
 from studio.core.errors import StudioError
+from studio.core.progress import ShouldStop
 from studio.ml.chat.adapters import BASE, LIVE, PEFT_BASE, AdapterSet, LoadedAdapter
 from studio.ml.chat.generation import (
     ChatEvent,
@@ -34,7 +35,6 @@ from studio.ml.chat.generation import (
     GenerationSettings,
     Message,
     RowStreamer,
-    ShouldStop,
     Started,
     StopRequested,
     TemplateWarning,

@@ -29,7 +29,6 @@ END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "
 STOP_REASONS = ("eos", "max_tokens", "stopped")
 
 Message = Mapping[str, str]
-ShouldStop = Callable[[], bool]
 
 
 # ---------------------------------------------------------------- settings

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.core.errors import StudioError
+from studio.core.progress import OnProgress, ShouldStop, Steps
 from studio.ml.export.gguf_file import (
     PlannedTensor,
     file_type,
@@ -49,9 +50,6 @@ from studio.ml.export.gguf_llama import (
     read_llama_config,
 )
 from studio.ml.export.merge import (
-    Progress,
-    ShouldStop,
-    _Steps,
     check_free_space,
     estimate_export_bytes,
     merge_and_export,
@@ -139,14 +137,14 @@ def _lora_config(adapter_folder: Path) -> dict[str, Any]:
 
 
 def write_lora_gguf(adapter_folder: Path | str, base_folder: Path | str, dest: Path | str, dtype: str = "f32", *,
-                    name: str = "", progress: Progress | None = None,
+                    name: str = "", progress: OnProgress | None = None,
                     should_stop: ShouldStop | None = None) -> GGUFExport:
     """Write a peft LoRA adapter over a Llama-family base as a llama.cpp GGUF LoRA file at `dest`."""
     import gguf
 
     started = time.monotonic()
     adapter_folder, base_folder, dest = Path(adapter_folder), Path(base_folder), Path(dest)
-    step = _Steps(progress, should_stop)
+    step = Steps(progress, should_stop)
     step("check", 0.0, "Reading the adapter and its base's config…")
     ggml_type(dtype)
     if dest.exists():
@@ -218,14 +216,14 @@ def _safetensors(folder: Path) -> Iterator[dict[str, Any]]:
 
 
 def write_model_gguf(model_folder: Path | str, dest: Path | str, dtype: str = "f16", *, name: str = "",
-                     pre_tokenizer: str | None = None, progress: Progress | None = None,
+                     pre_tokenizer: str | None = None, progress: OnProgress | None = None,
                      should_stop: ShouldStop | None = None) -> GGUFExport:
     """Write a Llama-family Hugging Face model folder (safetensors + tokenizer) as one GGUF file."""
     import gguf
 
     started = time.monotonic()
     folder, dest = Path(model_folder), Path(dest)
-    step = _Steps(progress, should_stop)
+    step = Steps(progress, should_stop)
     step("check", 0.0, "Reading the model's config and tokenizer…")
     ggml_type(dtype)
     if dest.exists():
@@ -269,7 +267,7 @@ def write_model_gguf(model_folder: Path | str, dest: Path | str, dtype: str = "f
 
 def merge_to_gguf(base_folder: Path | str, adapter_folder: Path | str, dest: Path | str, dtype: str = "f16", *,
                   name: str = "", pre_tokenizer: str | None = None, device: str | None = None,
-                  progress: Progress | None = None, should_stop: ShouldStop | None = None,
+                  progress: OnProgress | None = None, should_stop: ShouldStop | None = None,
                   **merge_kwargs: Any) -> GGUFExport:
     """Merge the adapter into its base (smoke-tested Hugging Face model), then write that as GGUF."""
     base_folder, dest = Path(base_folder), Path(dest)

@@ -20,16 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from studio.core.basemodels import resolve_base_model
-from studio.core.blend.checks import StageProgress
 from studio.core.errors import StudioError
 from studio.core.library.store import slugify
+from studio.core.progress import OnProgress, ShouldStop, StageProgress, Steps
 from studio.ml.chat.smoke import Check, SmokeResult
 from studio.ml.export.merge import (
     MergeResult,
     OllamaExport,
-    Progress,
-    ShouldStop,
-    _Steps,
     export_ollama,
     merge_and_export,
     smoke_test_adapter,
@@ -71,7 +68,7 @@ def merge_adapter(library, adapter: str, dest: Path | str, dtype: str = "bf16", 
 
 def export_adapter(library, adapter: str, dest: Path | str, fmt: str = "peft", *,
                    from_ref: str | None = None, system: str | None = None, device: str | None = None,
-                   progress: Progress | None = None, should_stop: ShouldStop | None = None,
+                   progress: OnProgress | None = None, should_stop: ShouldStop | None = None,
                    smoke_check: Check | None = None, probe: str | None = None,
                    gguf_dtype: str = "f32") -> ExportResult:
     """Export a library adapter as a peft folder, a .zip of one, or an Ollama bundle (smoke-tested),
@@ -96,7 +93,7 @@ def export_adapter(library, adapter: str, dest: Path | str, fmt: str = "peft", *
             device=device, progress=progress, should_stop=should_stop, smoke_check=smoke_check,
             **({"probe": probe} if probe else {}))
         return ExportResult(path=result.bundle.path, format=fmt, smoke=result.smoke, warnings=result.warnings)
-    step = _Steps(progress, should_stop)
+    step = Steps(progress, should_stop)
     step("write", 0.0, f"Exporting {entry.manifest.name} as a {'zip' if fmt == 'zip' else 'peft folder'}…")
     path = library.export(entry.id, dest, as_zip=fmt == "zip")
     try:

@@ -15,16 +15,15 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.core import atomic
 from studio.core.basemodels import inspect_base_model, read_config, tensor_infos
-from studio.core.blend.checks import Cancelled, StageProgress
 from studio.core.errors import StudioError
 from studio.core.library.manifest import read_manifest
 from studio.core.library.ollama import OllamaBundle, write_bundle
+from studio.core.progress import OnProgress, ShouldStop, Steps
 from studio.ml.chat.smoke import (
     DEFAULT_MAX_NEW_TOKENS,
     PROBE_PROMPT,
@@ -42,8 +41,6 @@ DISK_MARGIN = 1.1
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
                    "merges.txt", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
 
-Progress = Callable[[StageProgress], None]
-ShouldStop = Callable[[], bool]
 
 
 @dataclass
@@ -68,20 +65,6 @@ class OllamaExport:
 
     def to_dict(self) -> dict:
         return {**self.bundle.to_dict(), "smoke": self.smoke.to_dict()}
-
-
-class _Steps:
-    """Reports stages and honours should_stop between them."""
-
-    def __init__(self, progress: Progress | None, should_stop: ShouldStop | None) -> None:
-        self.progress, self.should_stop = progress, should_stop
-
-    def __call__(self, stage: str, fraction: float, message: str) -> None:
-        if self.should_stop and self.should_stop():
-            raise Cancelled(f"Stopped before: {message}", hint="Nothing was written.")
-        log.info("%3.0f%% %s", fraction * 100, message)
-        if self.progress:
-            self.progress(StageProgress(stage, fraction, message))
 
 
 def resolve_device(device: str | None) -> str:
@@ -189,7 +172,7 @@ def _free() -> None:
 
 def merge_and_export(base_folder: Path | str, adapter_folder: Path | str, dest: Path | str,
                      dtype: str = "bf16", *, max_shard_size: str = "2GB", device: str | None = None,
-                     progress: Progress | None = None, should_stop: ShouldStop | None = None,
+                     progress: OnProgress | None = None, should_stop: ShouldStop | None = None,
                      probe: str = PROBE_PROMPT, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                      smoke_check: Check | None = None) -> MergeResult:
     """Merge `adapter_folder` into `base_folder` and write a standalone model to `dest`, smoke-tested."""
@@ -197,7 +180,7 @@ def merge_and_export(base_folder: Path | str, adapter_folder: Path | str, dest: 
 
     started = time.monotonic()
     base_folder, adapter_folder, dest = Path(base_folder), Path(adapter_folder), Path(dest)
-    step = _Steps(progress, should_stop)
+    step = Steps(progress, should_stop)
     step("check", 0.0, "Checking the adapter, the base and the free disk space…")
     torch_dtype(dtype)
     if dest.exists():
@@ -280,13 +263,13 @@ def smoke_test_adapter(base_folder: Path | str, adapter_folder: Path | str, *, d
 
 def export_ollama(base_folder: Path | str, adapter_folder: Path | str, dest: Path | str, *,
                   from_ref: str | None = None, system: str | None = None, adapter_name: str = "",
-                  device: str | None = None, progress: Progress | None = None,
+                  device: str | None = None, progress: OnProgress | None = None,
                   should_stop: ShouldStop | None = None, probe: str = PROBE_PROMPT,
                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, smoke_check: Check | None = None
                   ) -> OllamaExport:
     """Write an Ollama bundle (Modelfile + adapter/) to `dest`, smoke-tested from the bundle's files."""
     base_folder, adapter_folder, dest = Path(base_folder), Path(adapter_folder), Path(dest)
-    step = _Steps(progress, should_stop)
+    step = Steps(progress, should_stop)
     step("check", 0.0, "Checking the adapter and the base…")
     if dest.exists():
         raise StudioError(f"{dest} already exists.", hint="Choose a new folder for the Ollama bundle.")

@@ -1,6 +1,6 @@
 """Trainer callbacks that turn transformers' training loop into the studio's typed events.
 
-`EventSink` appends each event to runs/<run-id>/metrics.jsonl (one line, flushed) and hands it to
+`EventSink` appends each event to the run's metrics file (one line, flushed) and hands it to
 the caller's `on_event`. `StudioCallback` hooks on_step_end / on_log / on_evaluate / on_save:
 Step (loss, lr, grad norm, tokens/s, MFU, ETA), Memory, Sample (greedy answers to probe prompts),
 Eval (tracking the best eval loss, saving a checkpoint at each new best, early stopping),
@@ -19,8 +19,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from studio.core.train import checkpoints
 from studio.core.train.events import Checkpoint, Eval, Event, Memory, Sample, Step, Warning, event_to_json
-from studio.ml.train import checkpoints
+from studio.core.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def peak_flops(device_kind: str, device_name: str) -> float | None:
 
 
 class EventSink:
-    """Append events to metrics.jsonl and forward them to the caller's `on_event`."""
+    """Append events to the run's metrics file and forward them to the caller's `on_event`."""
 
     def __init__(self, path: Path, on_event: Callable[[Event], None] | None) -> None:
         self.path = path
@@ -100,7 +101,7 @@ class RunTracker:
 
 class StudioCallback(TrainerCallback):
     def __init__(self, *, emit: Callable[[Event], None], tracker: RunTracker, should_stop: Callable[[], bool],
-                 run_dir: Path, micro_batch_size: int, keep_checkpoints: int, device_kind: str, device_name: str,
+                 run_dir: RunDir, micro_batch_size: int, keep_checkpoints: int, device_kind: str, device_name: str,
                  device_total: int, model_params: int, memory_every: int, sample_every: int, probes: list[Probe],
                  tokenizer, max_new_tokens: int, early_stopping_patience: int, slow_step_factor: float,
                  counters: Callable[[], tuple[int, int]]) -> None:
@@ -197,13 +198,13 @@ class StudioCallback(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kwargs):
-        folder = checkpoints.checkpoint_path(self.run_dir, state.global_step)
+        folder = self.run_dir.checkpoint(state.global_step)
         t = self.tracker
         is_best = t.best_step == state.global_step
         checkpoints.mark_complete(folder, {"eval_loss": t.last_eval if is_best else None,
                                            "best_step": t.best_step, "best_eval": t.best_eval})
         t.last_checkpoint = folder
-        protect = {checkpoints.checkpoint_path(self.run_dir, t.best_step)} if t.best_step else set()
+        protect = {self.run_dir.checkpoint(t.best_step)} if t.best_step else set()
         checkpoints.prune(self.run_dir, self.keep, protect)
         self.emit(Checkpoint(step=state.global_step, path=str(folder), is_best=is_best))
         self._mark = time.perf_counter()

@@ -23,9 +23,10 @@ from studio.core.library.adapter_folder import method_of, target_list
 from studio.core.library.manifest import AdapterManifest, Lineage
 from studio.core.library.store import AdapterEntry, AdapterLibrary
 from studio.core.paths import DataDir
+from studio.core.train import checkpoints
 from studio.core.train.config import TrainConfig
-from studio.core.train.events import Eval, Finished, Step, read_events
-from studio.ml.train import checkpoints
+from studio.core.train.events import Eval, Finished, Step
+from studio.core.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +45,6 @@ def add_checkpoint_to_library(library: AdapterLibrary, checkpoint: Path, manifes
         return library.add_new(stage, manifest, move=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def kept_steps(run_dir: Path) -> list[int]:
-    """The steps of the run's complete checkpoints, oldest first."""
-    return [checkpoints.step_of(folder) or 0 for folder in checkpoints.complete_checkpoints(run_dir)]
-
-
-def _run_dir(data: DataDir, run_id: str) -> Path:
-    run_dir = data.runs / run_id
-    if not (run_dir / "config.json").is_file():
-        raise StudioError(f"There is no training run {run_id!r}.",
-                          hint="The Runs tab and runs/ in the data directory list the runs.")
-    return run_dir
 
 
 def _finished_adapter(library: AdapterLibrary, events: list) -> AdapterEntry | None:
@@ -100,15 +88,15 @@ def _step_metrics(events: list, step: int, marker: dict[str, Any]) -> dict[str, 
 
 def save_checkpoint_as_adapter(data: DataDir, run_id: str, step: int, name: str = "") -> AdapterEntry:
     """Add the run's checkpoint at `step` to the library as a new adapter; the run is left as it is."""
-    run_dir = _run_dir(data, run_id)
-    folder = checkpoints.checkpoint_path(run_dir, step)
-    if not checkpoints.is_complete(folder):
-        kept = kept_steps(run_dir)
+    run = RunDir.existing(data, run_id)
+    folder = checkpoints.complete_at(run, step)
+    if folder is None:
+        kept = checkpoints.kept_steps(run)
         raise StudioError(f"Run {run_id!r} has no complete checkpoint at step {step}.",
                           hint=f"Its kept checkpoints are at steps {', '.join(map(str, kept))}." if kept
                           else "It kept no complete checkpoint.")
-    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
-    events = read_events(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    config = TrainConfig.from_dict(run.read_config() or {})
+    events = run.events()
     library = AdapterLibrary(data)
     template, base_ref = _template(data, run_id, config, _finished_adapter(library, events))
     adapter_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
@@ -119,9 +107,9 @@ def save_checkpoint_as_adapter(data: DataDir, run_id: str, step: int, name: str 
         "metrics": _step_metrics(events, step, checkpoints.read_marker(folder) or {}),
         "lineage": {"parents": list(template.lineage.parents),
                     "recipe": {"kind": "checkpoint", "run_id": run_id, "step": step}},
-        "tags": [], "created": AdapterManifest(id="", name="").created})
+        "tags": list(config.tags), "created": AdapterManifest(id="", name="").created})
     try:
-        entry = add_checkpoint_to_library(library, folder, manifest, base_ref, run_dir)
+        entry = add_checkpoint_to_library(library, folder, manifest, base_ref, run.path)
     except OSError as err:  # pruned by a trainer resuming the run meanwhile, say
         raise StudioError(f"Could not copy checkpoint {step} of {run_id!r}: {err}.",
                           hint="Pick another kept checkpoint (`lora-studio runs` lists them).") from err

@@ -27,6 +27,7 @@ from typing import Any
 
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
+from studio.core.progress import ShouldStop
 from studio.core.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def _log_to_file(data: DataDir) -> None:
 
 
 def run_training_in_child(config: TrainConfig, data: DataDir, on_event: Callable[[Any], None] | None = None,
-                          should_stop: Callable[[], bool] | None = None):
+                          should_stop: ShouldStop | None = None):
     """Like studio.ml.train.run.run_training, but the run happens in a child process. Blocks until it ends
     (call it from a worker thread); returns its RunResult or raises its error."""
     context = mp.get_context("spawn")

@@ -1,10 +1,10 @@
 """The training run: `run_training(config, data, on_event, should_stop) -> RunResult`.
 
 Built on transformers' Trainer (gradient accumulation, schedulers, optimizer state, resume) with the
-studio's callbacks for events. A run lives in runs/<run-id>/ (config.json, metrics.jsonl,
-checkpoints/). It prepares the folder's data with the base tokenizer, trains on padding-free packed
-rows, evaluates on the validation split, and hands the best adapter to train_finish, which puts it
-in the library. Out of memory halves the micro batch (doubling gradient accumulation) and resumes
+studio's callbacks for events. A run lives in its RunDir (config, events, checkpoints, lock:
+studio.core.train.run_dir). It prepares the folder's data with the base tokenizer, trains on padding-free packed
+rows, evaluates on the validation split, and hands a frozen record of the run (publish.TrainedRun)
+to publish_adapter, which puts the best adapter in the library. Out of memory halves the micro batch (doubling gradient accumulation) and resumes
 from the last complete checkpoint; at micro batch 1 the run fails with advice. Every outcome
 (finished, stopped, failed) releases the model. Knows nothing about Qt or the command line.
 """
@@ -12,6 +12,7 @@ from the last complete checkpoint; at micro batch 1 the run fails with advice. E
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 import traceback
@@ -21,11 +22,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from studio.core import atomic
 from studio.core.errors import StudioError
 from studio.core.library.store import AdapterLibrary, slugify
 from studio.core.paths import DataDir
-from studio.core.train import run_lock
+from studio.core.progress import ShouldStop, StageProgress
+from studio.core.train import checkpoints, run_lock
 from studio.core.train.config import TrainConfig
 from studio.core.train.events import (
     Event,
@@ -36,17 +37,19 @@ from studio.core.train.events import (
     RunStarted,
     Stopped,
     Warning,
-    read_events,
 )
+from studio.core.train.run_dir import RunDir, step_of
 from studio.ml.base import loading as model_loading
 from studio.ml.base.default_model import resolve_base
-from studio.ml.train import checkpoints
 from studio.ml.train.callbacks import EventSink, Probe, RunTracker, StudioCallback
+from studio.ml.train.publish import TrainedRun, dataset_summary, publish_adapter
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.jsonl"
+# Test-only: raise torch.OutOfMemoryError once, in the training step of this (1-based) step number. An
+# environment variable, not a config field, so it never lands in a saved config.json; a spawned
+# training process inherits it.
+OOM_TEST_ENV = "LORA_STUDIO_TEST_OOM_AT_STEP"
 OOM_HINT = ("Lower seq_len (the biggest lever), the LoRA rank or the micro batch, use 4-bit quantization, "
             "turn gradient checkpointing on, or close other programs that use the GPU.")
 
@@ -80,7 +83,7 @@ def new_run_id(name: str) -> str:
 
 
 def run_training(config: TrainConfig, data: DataDir, on_event: Callable[[Event], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> RunResult:
+                 should_stop: ShouldStop | None = None) -> RunResult:
     """Train an adapter as `config` says and put it in the library.
 
     Raises StudioError only for an invalid config or an unknown run to resume, before anything
@@ -94,40 +97,37 @@ class _Run:
         self.data, self.should_stop = data, should_stop
         self.started = time.monotonic()
         if config.resume:
-            self.run_id = config.resume
-            self.run_dir = data.runs / config.resume
-            if not (self.run_dir / CONFIG_NAME).is_file():
-                raise StudioError(f"There is no training run {config.resume!r} to resume.",
-                                  hint=f"Runs are the folders in {data.runs}.")
+            self.run_dir = RunDir.existing(data, config.resume)
         else:
-            self.config = config.replace().validate()
-            self.run_id = new_run_id(self.config.display_name())
-            self.run_dir = data.runs / self.run_id
-            self.run_dir.mkdir(parents=True)
-            atomic.write_json(self.run_dir / CONFIG_NAME, self.config.to_dict())
+            self.config = config
+            self.run_dir = RunDir.of(data, new_run_id(config.display_name()))
+            self.run_dir.path.mkdir(parents=True)
+            self.run_dir.write_config(config.to_dict())
+        self.run_id = self.run_dir.run_id
         self.resuming = bool(config.resume)
         run_lock.acquire(self.run_dir)  # refuses a run another live process is training
         try:
             if self.resuming:  # read under the lock: a run that finished a moment ago is not trained again
                 self.config = self._resumable_config()
-            self.emit = EventSink(self.run_dir / METRICS_NAME, on_event)
+            self.emit = EventSink(self.run_dir.metrics, on_event)
         except BaseException:
             run_lock.release(self.run_dir)  # run() and its finally will not happen
             raise
         self.tracker = RunTracker()
-        self.oom_injected = False
+        self.oom_at_step = int(os.environ.get(OOM_TEST_ENV) or 0)
         self.max_steps = 0
         self.phase = "preparing"
         self.quant = self.config.quant  # what the base is actually loaded with (see _load_base)
 
     def _resumable_config(self) -> TrainConfig:
-        import json
-
-        if any(isinstance(e, Finished) for e in read_events(self.run_dir / METRICS_NAME)):
+        if any(isinstance(e, Finished) for e in self.run_dir.events()):
             raise StudioError(f"Run {self.run_id!r} already finished; its adapter is in the library.",
                               hint="Continue training that adapter on new data instead (parent adapter).")
-        stored = TrainConfig.from_dict(json.loads((self.run_dir / CONFIG_NAME).read_text(encoding="utf-8")))
-        return stored.replace(resume="").validate()
+        stored = self.run_dir.read_config()
+        if stored is None:
+            raise StudioError(f"The settings of run {self.run_id!r} cannot be read.",
+                              hint=f"{self.run_dir.config} is missing or not valid JSON.")
+        return TrainConfig.from_dict(stored).replace(resume="")
 
     # ------------------------------------------------------------ the attempt loop
 
@@ -166,7 +166,7 @@ class _Run:
                     micro, accum = micro // 2, accum * 2
                     self._record_batch(micro, accum)
                     last = checkpoints.last_complete(self.run_dir)
-                    since = f"step {checkpoints.step_of(last)}" if last is not None else "the start"
+                    since = f"step {step_of(last)}" if last is not None else "the start"
                     self.emit(OOMRecovered(step=self.tracker.step + 1, new_micro_batch=micro, new_grad_accum=accum,
                                            message=f"Out of memory at step {self.tracker.step + 1}; retrying with "
                                                    f"micro batch {micro} and gradient accumulation {accum} (same "
@@ -188,7 +188,7 @@ class _Run:
     def _record_batch(self, micro: int, accum: int) -> None:
         """Keep config.json in step with what runs, so a later resume starts where OOM left it."""
         self.config = self.config.replace(micro_batch_size=micro, grad_accum=accum)
-        atomic.write_json(self.run_dir / CONFIG_NAME, self.config.to_dict())
+        self.run_dir.write_config(self.config.to_dict())
 
     def _fail(self, message: str, hint: str) -> RunResult:
         last = checkpoints.last_complete(self.run_dir)
@@ -201,7 +201,7 @@ class _Run:
                                       tokens_per_second=round(tracker.tokens_per_second(), 2),
                                       peak_memory_bytes=tracker.peak_memory,
                                       duration_s=round(time.monotonic() - self.started, 2))
-        return RunResult(status=status, run_id=self.run_id, run_dir=self.run_dir, **{**fields, **extra})
+        return RunResult(status=status, run_id=self.run_id, run_dir=self.run_dir.path, **{**fields, **extra})
 
     # ------------------------------------------------------------ data and base (once per run)
 
@@ -210,9 +210,9 @@ class _Run:
 
         cfg = self.config
 
-        def converting(fraction: float, message: str) -> None:
-            self.emit(Preparing(message=f"First use of the default model, converting it once: {message}",
-                                fraction=fraction))
+        def converting(event: StageProgress) -> None:
+            self.emit(Preparing(message=f"First use of the default model, converting it once: {event.message}",
+                                fraction=event.fraction))
 
         self.base_info, self.base_ref = resolve_base(self.data, cfg.base, converting)
         self.emit(Preparing(message=f"Reading and tokenizing {cfg.data_folder}…"))
@@ -245,7 +245,6 @@ class _Run:
         from transformers import PrinterCallback, ProgressCallback
 
         from studio.core.dataset import PackedCollator
-        from studio.ml.train.publish import publish_adapter
         from studio.ml.train.trainer import StudioTrainer, training_arguments
 
         cfg, dev = self.config, self.device
@@ -269,9 +268,9 @@ class _Run:
                 model = model_loading.attach_new_adapter(model, cfg, local_base)
             trainable, total = model_loading.count_parameters(model)
             self.emit(RunStarted(
-                run_id=self.run_id, run_dir=str(self.run_dir), base_model=self.base_info.id, device=dev.kind,
+                run_id=self.run_id, run_dir=str(self.run_dir.path), base_model=self.base_info.id, device=dev.kind,
                 device_name=dev.name, quant=self.quant, dtype=dev.dtype, method=cfg.method, max_steps=self.max_steps,
-                start_step=(checkpoints.step_of(resume_from) or 0) if resume_from else 0, train_rows=len(self.rows),
+                start_step=(step_of(resume_from) or 0) if resume_from else 0, train_rows=len(self.rows),
                 train_samples=len(self.prepared.train), validation_samples=len(self.prepared.validation),
                 micro_batch_size=micro, grad_accum=accum, seq_len=cfg.seq_len, trainable_params=trainable,
                 total_params=total, resumed_from=str(resume_from) if resume_from else None, attempt=attempt))
@@ -280,7 +279,7 @@ class _Run:
 
                 torch.cuda.reset_peak_memory_stats()
             args = training_arguments(cfg, dev, micro=micro, accum=accum, max_steps=self.max_steps,
-                                      output_dir=checkpoints.checkpoints_dir(self.run_dir), has_eval=bool(self.eval_rows))
+                                      output_dir=self.run_dir.checkpoints, has_eval=bool(self.eval_rows))
             trainer = StudioTrainer(model=model, args=args, train_dataset=self.rows, eval_dataset=self.eval_rows or None,
                                     data_collator=PackedCollator(self.tokenizer.pad_token_id, cfg.seq_len),
                                     pad_token_id=self.tokenizer.pad_token_id, step_hook=self._oom_hook)
@@ -310,9 +309,8 @@ class _Run:
                 self.emit(Stopped(step=self.tracker.step, checkpoint=str(last) if last else None))
                 return self._result("stopped", checkpoint=last, tokens_seen=tokens_seen,
                                     message=f"Stopped at step {self.tracker.step} of {self.max_steps}.")
-            entry, finished = publish_adapter(
-                model=trainer.model, tokenizer=self.tokenizer, run=self, tokens_seen=tokens_seen,
-                duration_s=time.monotonic() - self.started)
+            entry, finished = publish_adapter(model=trainer.model, tokenizer=self.tokenizer,
+                                              run=self._trained_run(tokens_seen))
             self.emit(finished)
             return self._result("finished", adapter_id=entry.id, adapter_path=entry.path,
                                 checkpoint=checkpoints.last_complete(self.run_dir), eval_loss=finished.eval_loss,
@@ -346,7 +344,7 @@ class _Run:
         the retry or the failure."""
         step = trainer.state.global_step
         last = checkpoints.last_complete(self.run_dir)
-        if step == 0 or (last is not None and checkpoints.step_of(last) == step):
+        if step == 0 or (last is not None and step_of(last) == step):
             return
         trainer.model.zero_grad(set_to_none=True)
         model_loading.free_memory()
@@ -357,12 +355,24 @@ class _Run:
             log.warning("Could not checkpoint step %d after running out of memory: %s", step, err)
             checkpoints.remove_incomplete(self.run_dir)
 
+    def _trained_run(self, tokens_seen: int) -> TrainedRun:
+        """What publishing needs, frozen: publish never reaches into this object."""
+        t = self.tracker
+        return TrainedRun(
+            data=self.data, run=self.run_dir, config=self.config, base=self.base_info, base_ref=self.base_ref,
+            device=self.device, quant=self.quant, parent_id=self.parent.id if self.parent is not None else None,
+            max_steps=self.max_steps, dataset=dataset_summary(self.config, self.prepared.report, len(self.rows),
+                                                              len(self.eval_rows)),
+            step=t.step, best_step=t.best_step, best_eval=t.best_eval, last_eval=t.last_eval, last_loss=t.last_loss,
+            early_stopped=t.early_stopped, peak_memory=t.peak_memory, tokens_per_second=t.tokens_per_second(),
+            tokens_seen=tokens_seen, duration_s=time.monotonic() - self.started)
+
     def _oom_hook(self, step: int) -> None:
-        """Test-only: raise OOM once at config._inject_oom_at_step (see TrainConfig)."""
-        if self.config._inject_oom_at_step and step == self.config._inject_oom_at_step and not self.oom_injected:
+        """Test-only: raise OOM once at the step OOM_TEST_ENV names."""
+        if self.oom_at_step and step == self.oom_at_step:
             import torch
 
-            self.oom_injected = True
+            self.oom_at_step = 0  # once
             raise torch.OutOfMemoryError(f"CUDA out of memory. (injected for testing at step {step})")
 
     def _restore_best(self, checkpoint: Path | None) -> None:
@@ -371,9 +381,9 @@ class _Run:
         if not marker:
             return
         best_step = marker.get("best_step")
-        if best_step and checkpoints.is_complete(checkpoints.checkpoint_path(self.run_dir, best_step)):
+        if checkpoints.complete_at(self.run_dir, best_step) is not None:
             self.tracker.best_step, self.tracker.best_eval = best_step, marker.get("best_eval")
-        self.tracker.step = checkpoints.step_of(checkpoint) or 0
+        self.tracker.step = step_of(checkpoint) or 0
 
 
 def _validation_probes(scan, prepared, limit: int = 2) -> list[Probe]:

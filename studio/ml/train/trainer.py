@@ -3,7 +3,7 @@
 `training_arguments` maps a TrainConfig and the device onto TrainingArguments: paged 8-bit AdamW on
 CUDA with a quantized base (plain AdamW on a CPU), bf16 where the GPU supports it else fp16, step
 logging every step, evaluation / checkpoints every N steps (rotation is the studio's, see
-checkpoints.py), no reporting integrations. `StudioTrainer` counts the real (non-padding) tokens
+studio.core.train.checkpoints), no reporting integrations. `StudioTrainer` counts the real (non-padding) tokens
 and samples of each micro batch, calls a hook before each training step (the test-only OOM
 injection), and computes the loss through the LM head only where there are labels
 (studio.ml.train.label_only_loss) for the model families that allow it. Knows nothing about events, the library or where the data came from.
