@@ -1,1 +1,1 @@
-"""A training run in torch: the run, the Trainer and its callbacks, checkpoints, publishing, the child process."""
+"""A training run in torch: the run, the Trainer and its callbacks, publishing, checkpoints as adapters, the child process."""
