@@ -2,14 +2,16 @@
 
 The public API the training engine and the front doors use:
 
-- `scan_folder(folder)`: every file read (no tokenizer needed) into parsed samples and a `DataReport`.
+- `scan_folder(folder, max_file_mb=...)`: every file read (no tokenizer needed) into parsed samples and a
+  `DataReport` that accounts for every entry (files over the size limit, pipes, links out of the folder
+  and unreadable folders are listed with the reason, not read).
 - `prepare_dataset(folder, tokenizer, ...)`: tokenized train/validation samples plus the full report
   (token counts, longest sample, samples over the sequence length).
 - `pack_samples` / `packed_rows` / `PackedCollator`: padding-free packing with per-sample position_ids.
   Train with `model.config.use_cache = False`, or transformers ignores the packing boundaries.
 
-Modules: decode (bytes to text), readers (text to numbered records), formats (record shapes),
-scan (the folder walk), tokenize (chat template and labels), prepare (policy, stats, split),
+Modules: files (the folder walk, link policy and size limits), decode (bytes to text), readers (text
+to numbered records), formats (record shapes), scan (files to samples), tokenize (chat template and labels), prepare (policy, stats, split),
 packing (rows and collator), report (what the user sees). Nothing here imports torch at import time.
 """
 

@@ -14,8 +14,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+from studio.core.dataset.files import DEFAULT_MAX_FILE_MB
 from studio.core.dataset.report import DataReport, FileReport
-from studio.core.dataset.samples import IGNORE_INDEX, PreparedDataset, ScanResult, TokenizedSample
+from studio.core.dataset.samples import IGNORE_INDEX, PreparedDataset, Sample, ScanResult, TokenizedSample
 from studio.core.dataset.scan import scan_folder
 from studio.core.dataset.tokenize import ChatRenderer
 from studio.core.errors import StudioError
@@ -34,12 +35,14 @@ class NoSamplesError(StudioError):
 
 
 def prepare_dataset(folder: Path | str, tokenizer: Any, *, seq_len: int = 1024, val_fraction: float = 0.1,
-                    seed: int = 42, long_samples: str = "truncate",
-                    scan: ScanResult | None = None) -> PreparedDataset:
+                    seed: int = 42, long_samples: str = "truncate", scan: ScanResult | None = None,
+                    max_file_mb: float = DEFAULT_MAX_FILE_MB) -> PreparedDataset:
     """Tokenize every sample in `folder` for `tokenizer`, split it, and report on it.
 
-    `scan` may pass a `scan_folder` result already shown to the user, so the folder is not read twice.
-    Raises NoSamplesError (a StudioError) when nothing is left to train on.
+    `scan` may pass a `scan_folder` result already shown to the user, so the folder is not read twice;
+    otherwise the folder is scanned with `max_file_mb` (see scan_folder). A sample the tokenizer
+    fails on is skipped and reported. Raises NoSamplesError (a StudioError) when nothing is left to
+    train on.
     """
     if long_samples not in LONG_SAMPLE_POLICIES:
         raise ValueError(f"long_samples must be one of {LONG_SAMPLE_POLICIES}, not {long_samples!r}")
@@ -47,7 +50,7 @@ def prepare_dataset(folder: Path | str, tokenizer: Any, *, seq_len: int = 1024, 
         raise ValueError(f"seq_len must be at least 8 tokens, not {seq_len}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
-    scan = scan if scan is not None else scan_folder(folder)
+    scan = scan if scan is not None else scan_folder(folder, max_file_mb=max_file_mb)
     report = copy.deepcopy(scan.report)  # the scan's own report stays as it was shown
     renderer = ChatRenderer(tokenizer)
     if renderer.warning and renderer.warning not in report.warnings:
@@ -60,14 +63,11 @@ def prepare_dataset(folder: Path | str, tokenizer: Any, *, seq_len: int = 1024, 
     for sample in scan.samples:
         path, line = sample.source.rsplit(":", 1)
         file_report = by_path[path]
-        if sample.kind == "chat":
-            rendered = renderer.render_chat(sample)
-            kept = _apply_long_policy(rendered, seq_len, long_samples, file_report) \
-                if not isinstance(rendered, str) else rendered
-        else:
-            kept = renderer.render_text(sample, seq_len)
-            for window in kept:
-                file_report.longest = max(file_report.longest or 0, len(window))
+        try:
+            kept = _tokenize(renderer, sample, seq_len, long_samples, file_report)
+        except Exception as err:  # one sample the tokenizer chokes on must not end the run
+            log.exception("tokenizing %s failed", sample.source)
+            kept = f"could not be tokenized ({type(err).__name__}: {str(err)[:160]}); fix or remove this record"
         if isinstance(kept, str):
             file_report.skip(int(line), kept)
             file_report.samples -= 1
@@ -89,6 +89,19 @@ def prepare_dataset(folder: Path | str, tokenizer: Any, *, seq_len: int = 1024, 
                              hint="Check the dataset report: every file and line that was skipped says why.")
     log.info("prepared %d train and %d validation sequences (seq_len %d)", len(train), len(validation), seq_len)
     return PreparedDataset(train=train, validation=validation, report=report)
+
+
+def _tokenize(renderer: ChatRenderer, sample: Sample, seq_len: int, long_samples: str,
+              file_report: FileReport) -> list[TokenizedSample] | str:
+    if sample.kind == "chat":
+        rendered = renderer.render_chat(sample)
+        if isinstance(rendered, str):
+            return rendered
+        return _apply_long_policy(rendered, seq_len, long_samples, file_report)
+    kept = renderer.render_text(sample, seq_len)
+    for window in kept:
+        file_report.longest = max(file_report.longest or 0, len(window))
+    return kept
 
 
 def _apply_long_policy(sample: TokenizedSample, seq_len: int, policy: str,

@@ -2,8 +2,10 @@
 
 JSONL gives one record per line; a .json file holds a list of records or one record (or, as people
 do, JSON Lines under a .json name); CSV/TSV rows become records through their header; .txt/.md is
-one prose document. Line numbers are 1-based and point where the record starts. Readers do not
-decide shapes or build samples: see formats.py and scan.py.
+one prose document. Line numbers are 1-based and point where the record starts. A record that
+Python's JSON reader cannot hold (nested thousands deep, an integer of more than 4,300 digits) is
+an invalid record with its reason, like a syntax error. Readers do not decide shapes or build
+samples: see formats.py and scan.py.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,13 +52,33 @@ def read_records(text: str, fmt: str) -> Records:
     raise ValueError(f"no reader for {fmt!r}")
 
 
+# Python refuses to read integers longer than this (CVE-2020-10735); 3.10 before 3.10.7 has no limit
+_MAX_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 4300
+_LONG_INTEGER = re.compile(r"\d{%d,}" % (_MAX_DIGITS + 1))
+
+
+def _loads(text: str) -> Any:
+    """json.loads, with the two ways valid-looking JSON still fails turned into JSONDecodeError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply (more than about 1,000 levels of [ ] or { })",
+                                   text, 0) from None
+    except ValueError as err:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        match = _LONG_INTEGER.search(text)
+        msg = f"a number with more than {_MAX_DIGITS:,} digits" if match else str(err)
+        raise json.JSONDecodeError(msg, text, match.start() if match else 0) from None
+
+
 def _read_jsonl(text: str) -> Records:
     found = Records()
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            found.records.append((number, json.loads(line)))
+            found.records.append((number, _loads(line)))
         except json.JSONDecodeError as err:
             found.errors.append(SkippedItem(number, f"invalid JSON at line {number}: {err.msg} (column {err.colno})"))
     if not found.records and not found.errors:
@@ -64,7 +88,7 @@ def _read_jsonl(text: str) -> Records:
 
 def _read_json(text: str) -> Records:
     try:
-        value = json.loads(text)
+        value = _loads(text)
     except json.JSONDecodeError as err:
         if _looks_like_json_lines(text):
             found = _read_jsonl(text)
@@ -86,7 +110,7 @@ def _looks_like_json_lines(text: str) -> bool:
     if len(lines) < 2:
         return False
     try:
-        return isinstance(json.loads(lines[0]), dict)
+        return isinstance(_loads(lines[0]), dict)
     except json.JSONDecodeError:
         return False
 

@@ -25,8 +25,10 @@ class SkippedItem:
 class FileReport:
     """What became of one file. `error` set means the whole file was skipped."""
 
-    path: str  # relative to the scanned folder, with forward slashes
-    format: str  # "jsonl", "json", "csv", "tsv", "txt", "md", or the extension of an unsupported file
+    path: str  # relative to the scanned folder, with forward slashes (a folder's ends with "/")
+    format: str  # "jsonl", "json", "csv", "tsv", "txt", "md", the extension of an unsupported file, "folder"
+    kind: str = "file"  # "file", or "folder" for a folder (or a link to one) that was not read
+    size: int | None = None  # bytes, when the file was opened
     shape: str | None = None  # "messages", "sharegpt", "alpaca", "prompt_completion", "qa", "text", "prose"
     encoding: str | None = None  # "utf-8", or the detected legacy encoding ("cp1252", ...)
     samples: int = 0  # records taken as samples (after removing duplicates)
@@ -49,7 +51,8 @@ class FileReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": self.path, "format": self.format, "shape": self.shape, "encoding": self.encoding,
+            "path": self.path, "kind": self.kind, "format": self.format, "size": self.size,
+            "shape": self.shape, "encoding": self.encoding,
             "used": self.used, "samples": self.samples, "error": self.error, "notes": list(self.notes),
             "skipped": [item.to_dict() for item in self.skipped],
             "sequences": self.sequences, "tokens": self.tokens, "longest": self.longest,
@@ -59,11 +62,13 @@ class FileReport:
 
 @dataclass
 class DataReport:
-    """The whole folder: one FileReport per (non-hidden) file, warnings, and totals."""
+    """The whole folder: one FileReport per (non-hidden) file or folder not read, warnings, and totals."""
 
     folder: str
     files: list[FileReport] = field(default_factory=list)
     hidden_ignored: int = 0  # hidden files and folders (names starting with ".") are not read
+    max_file_bytes: int | None = None  # the scan's limits (files over them are reported, not read)
+    max_total_bytes: int | None = None
     warnings: list[str] = field(default_factory=list)
     # Filled in by prepare_dataset:
     tokenized: bool = False
@@ -87,9 +92,11 @@ class DataReport:
         return sum(len(f.skipped) for f in self.files)
 
     def totals(self) -> dict[str, Any]:
-        used = [f for f in self.files if f.used]
+        files = [f for f in self.files if f.kind == "file"]
+        used = [f for f in files if f.used]
         totals: dict[str, Any] = {
-            "files": len(self.files), "files_used": len(used), "files_skipped": len(self.files) - len(used),
+            "files": len(files), "files_used": len(used), "files_skipped": len(files) - len(used),
+            "folders_not_read": len(self.files) - len(files),
             "samples": self.total_samples, "skipped_lines": self.total_skipped,
         }
         if self.tokenized:
@@ -108,6 +115,7 @@ class DataReport:
         return {
             "folder": self.folder, "seq_len": self.seq_len, "long_samples": self.long_samples,
             "hidden_ignored": self.hidden_ignored, "warnings": list(self.warnings),
+            "limits": {"max_file_bytes": self.max_file_bytes, "max_total_bytes": self.max_total_bytes},
             "totals": self.totals(), "files": [f.to_dict() for f in self.files],
         }
 
@@ -140,6 +148,8 @@ class DataReport:
         t = self.totals()
         summary = (f"Totals: {t['files']} files ({t['files_used']} used, {t['files_skipped']} skipped), "
                    f"{t['samples']} samples, {t['skipped_lines']} lines skipped")
+        if t["folders_not_read"]:
+            summary += f"; {t['folders_not_read']} folder(s) not read"
         out.append(summary)
         if self.tokenized:
             policy = "truncated" if self.long_samples == "truncate" else "dropped"

@@ -7,12 +7,15 @@ model's tokenizer. This module knows nothing about files, tokenizers or torch.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from studio.core.dataset.report import DataReport
 
 ROLES = ("system", "user", "assistant")
+_WHITESPACE = re.compile(r"\s+")
 IGNORE_INDEX = -100  # label value for tokens that take no loss (torch's CrossEntropyLoss default)
 
 
@@ -32,11 +35,15 @@ class Sample:
     text: str = ""  # kind == "text"
     text_is_file: bool = False  # the text is a whole .txt/.md file, so its lines are the file's lines
 
-    def dedup_key(self) -> str:
-        """Whitespace-normalised identity used to find exact duplicates."""
-        if self.kind == "text":
-            return "text\x00" + " ".join(self.text.split())
-        return "chat\x00" + "\x00".join(f"{m.role}\x01{' '.join(m.content.split())}" for m in self.messages)
+    def dedup_key(self) -> bytes:
+        """Whitespace-normalised identity used to find exact duplicates: a digest, so a scan holds
+        16 bytes per sample for it, not a second copy of every text."""
+        digest = hashlib.blake2b(self.kind.encode(), digest_size=16)
+        parts = [("", self.text)] if self.kind == "text" else [(m.role, m.content) for m in self.messages]
+        for role, text in parts:
+            digest.update(f"\x00{role}\x01".encode())
+            digest.update(_WHITESPACE.sub(" ", text).strip().encode("utf-8", "surrogatepass"))
+        return digest.digest()
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,22 @@
-"""Walk a folder of the user's files and read every one into samples plus a report.
+"""Read every file of a folder of the user's files into samples plus a report.
 
-Every non-hidden file appears in the report: used, or skipped with its reason (unsupported type,
-binary, undecodable, empty, invalid JSON, unknown shape). The shape is decided per file by the
-majority of its records; records of another shape are reported, not guessed. Exact duplicates
-(whitespace-normalised) are dropped and point at the first copy. No tokenizer is needed here.
+Every non-hidden entry appears in the report: used, or skipped with its reason (not an ordinary
+file, a link out of the folder, too large, unsupported type, binary, undecodable, empty, invalid
+JSON, unknown shape; which entries are read at all is files.py's walk). The shape is decided per
+file by the majority of its records; records of another shape are reported, not guessed. Exact
+duplicates (whitespace-normalised) are dropped and point at the first copy. A file that breaks a
+reader in a way nobody foresaw is skipped with the error, never the whole scan. No tokenizer is
+needed here.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 
 from studio.core.dataset.decode import decode_bytes
+from studio.core.dataset.files import DEFAULT_MAX_FILE_MB, FoundFile, ReadLimits, read_limited, walk_folder
 from studio.core.dataset.formats import describe_unknown, detect_shape, single_turn, to_sample
 from studio.core.dataset.readers import SUPPORTED, read_records
 from studio.core.dataset.report import DataReport, FileReport
@@ -23,19 +26,28 @@ from studio.core.errors import StudioError
 log = logging.getLogger(__name__)
 
 
-def scan_folder(folder: Path | str) -> ScanResult:
-    """Read every file under `folder` (recursively, hidden entries ignored) into samples and a report."""
+def scan_folder(folder: Path | str, *, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> ScanResult:
+    """Read every file under `folder` (recursively, hidden entries ignored) into samples and a report.
+
+    A file over `max_file_mb` megabytes is reported and not read; all files together are read up
+    to TOTAL_FACTOR times that (later files are reported), so a scan's memory stays bounded.
+    """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise StudioError(f"The dataset folder {folder} does not exist or is not a folder.",
                           hint="Choose a folder that holds your .jsonl, .json, .csv, .tsv, .txt or .md files.")
-    report = DataReport(folder=str(folder))
+    limits = ReadLimits.from_mb(max_file_mb)
+    report = DataReport(folder=str(folder), max_file_bytes=limits.max_file_bytes,
+                        max_total_bytes=limits.max_total_bytes)
     samples: list[Sample] = []
     seen: dict[str, str] = {}  # dedup key -> source of the first copy
-    files, report.hidden_ignored = _walk(folder)
-    for path in files:
-        rel = path.relative_to(folder).as_posix()
-        file_report, file_samples = _read_file(path, rel)
+    walk = walk_folder(folder)
+    report.hidden_ignored = walk.hidden
+    report.files.extend(walk.not_read)
+    total_left = limits.max_total_bytes
+    for found in walk.files:
+        file_report, file_samples = _read_contained(found, limits, total_left)
+        total_left -= file_report.size or 0
         for sample in file_samples:
             key = sample.dedup_key()
             if key in seen:
@@ -46,41 +58,51 @@ def scan_folder(folder: Path | str) -> ScanResult:
             file_report.samples += 1
         file_report.skipped.sort(key=lambda item: item.line)
         report.files.append(file_report)
+    report.files.sort(key=lambda f: f.path)
     log.info("scanned %s: %d files, %d samples", folder, len(report.files), len(samples))
     return ScanResult(samples=samples, report=report)
-
-
-def _walk(folder: Path) -> tuple[list[Path], int]:
-    files: list[Path] = []
-    hidden = 0
-    for root, dirs, names in os.walk(folder):
-        hidden += sum(1 for d in dirs if d.startswith("."))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                hidden += 1
-            else:
-                files.append(Path(root) / name)
-    files.sort(key=lambda p: p.relative_to(folder).as_posix())
-    return files, hidden
 
 
 def _line(source: str) -> int:
     return int(source.rsplit(":", 1)[1])
 
 
-def _read_file(path: Path, rel: str) -> tuple[FileReport, list[Sample]]:
-    suffix = path.suffix.lower()
+def _read_contained(found: FoundFile, limits: ReadLimits, total_left: int) -> tuple[FileReport, list[Sample]]:
+    """One file read; whatever goes wrong inside it is that file's error, not the scan's."""
+    try:
+        report, samples = _read_file(found, limits, total_left)
+    except RecursionError:
+        report, samples = _failed(found, "nested too deeply to read (more than about 1,000 levels of "
+                                         "brackets): not read. Flatten the data or remove the file."), []
+    except MemoryError:
+        report, samples = _failed(found, "too large to hold in memory: not read. Split it into smaller files."), []
+    except Exception as err:  # a reader bug or a library's surprise: report it, keep scanning
+        log.exception("reading %s failed", found.path)
+        report, samples = _failed(found, f"could not be read ({type(err).__name__}: {str(err)[:200]}). "
+                                         "Fix or remove the file."), []
+    if found.via:
+        report.notes.append(f"read through the link {found.via}")
+    return report, samples
+
+
+def _failed(found: FoundFile, reason: str) -> FileReport:
+    suffix = Path(found.rel).suffix.lower()
+    return FileReport(path=found.rel, format=SUPPORTED.get(suffix, suffix.lstrip(".") or "-"), error=reason)
+
+
+def _read_file(found: FoundFile, limits: ReadLimits, total_left: int) -> tuple[FileReport, list[Sample]]:
+    rel = found.rel
+    suffix = Path(rel).suffix.lower()
     fmt = SUPPORTED.get(suffix)
     if fmt is None:
         kind = suffix or "(no extension)"
         return FileReport(path=rel, format=suffix.lstrip(".") or "-", error=f"unsupported file type {kind}"), []
     report = FileReport(path=rel, format=fmt)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        report.error = f"unreadable file ({err.strerror or err})"
+    data = read_limited(found.path, limits, total_left)
+    if isinstance(data, str):
+        report.error = data
         return report, []
+    report.size = len(data)
     if not data.strip():
         report.error = "empty file"
         return report, []

@@ -6,15 +6,18 @@ Assistant spans are found for any template by rendering the prefixes (messages[:
 generation prompt, messages[:i+1] without) and mapping those character spans onto the tokens of the
 full rendering (offsets of a fast tokenizer, else re-encoding the prefixes). A tokenizer without a
 template gets a ChatML-like layout and a warning. Prose is cut into windows of at most seq_len tokens
-on paragraph boundaries where possible, every token trained, EOS after the document's last token.
+on paragraph boundaries where possible, every token trained, EOS after the document's last token; it
+is tokenized in bounded chunks, so a huge file costs its tokens and no more.
 The first label of every sample is -100 (nothing can predict it), so packed samples never train
 across a boundary. This module knows nothing about files, reports or packing.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from studio.core.dataset.samples import IGNORE_INDEX, Sample, TokenizedSample
@@ -22,6 +25,9 @@ from studio.core.dataset.samples import IGNORE_INDEX, Sample, TokenizedSample
 log = logging.getLogger(__name__)
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+CHUNK_CHARS = 16_384  # the most text handed to the tokenizer in one piece
+_BATCH_CHARS = 1 << 20  # pieces are tokenized together up to about this much text (or this many pieces)
+_BATCH_PIECES = 512
 
 
 def fallback_template(end_marker: str) -> str:
@@ -126,8 +132,17 @@ class ChatRenderer:
             enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
             ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
             token_spans = []
-            for start, end in spans:
-                inside = [j for j, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+            first = 0
+            for start, end in spans:  # spans and offsets both run forward: one pass, not tokens x turns
+                while first < len(offsets) and offsets[first][1] <= start:
+                    first += 1
+                inside = []
+                j = first
+                while j < len(offsets) and offsets[j][0] < end:
+                    a, b = offsets[j]
+                    if b > a and b > start:
+                        inside.append(j)
+                    j += 1
                 token_spans.append((inside[0], inside[-1] + 1) if inside else (0, 0))
             return ids, token_spans
         ids = list(tok(full, add_special_tokens=False)["input_ids"])
@@ -152,36 +167,37 @@ class ChatRenderer:
 
     def render_text(self, sample: Sample, seq_len: int) -> list[TokenizedSample]:
         """Windows of at most seq_len tokens, cut between paragraphs where possible, EOS at the end."""
-        path, first_line = sample.source.rsplit(":", 1)
-        text = sample.text
-        pieces: list[tuple[int, list[int]]] = []  # (line, ids) per paragraph, separator included
-        start = 0
-        for match in list(_PARAGRAPH_BREAK.finditer(text)) + [None]:
-            end = match.end() if match else len(text)
-            chunk = text[start:end]
-            if chunk.strip():
-                line = int(first_line) + (text.count("\n", 0, start) if sample.text_is_file else 0)
-                pieces.append((line, list(self.tokenizer(chunk, add_special_tokens=False)["input_ids"])))
-            start = end
-        if not pieces:
-            return []
-        if self.eos_id is not None:
-            pieces[-1][1].append(self.eos_id)
+        path = sample.source.rsplit(":", 1)[0]
         budget = max(1, seq_len - len(self.prefix_ids))
         windows: list[tuple[int, list[int]]] = []
         current: list[int] = []
-        current_line = pieces[0][0]
-        for line, ids in pieces:
-            if current and len(current) + len(ids) > budget:
+        current_line = 0
+
+        def add(line: int, ids: list[int], new_paragraph: bool) -> None:
+            nonlocal current, current_line
+            if new_paragraph and current and len(current) + len(ids) > budget:
                 windows.append((current_line, current))
                 current = []
             if not current:
                 current_line = line
-            while len(current) + len(ids) > budget:  # a paragraph longer than a window: cut it
+            pos = 0
+            while len(current) + len(ids) - pos > budget:  # longer than a window: cut it (by index, no copies)
                 room = budget - len(current)
-                windows.append((current_line, current + ids[:room]))
-                ids, current, current_line = ids[room:], [], line
-            current = current + ids
+                current.extend(ids[pos:pos + room])
+                windows.append((current_line, current))
+                pos, current, current_line = pos + room, [], line
+            current.extend(ids[pos:])
+
+        held: tuple[int, list[int], bool] | None = None  # one piece behind, so the last one gets the EOS
+        for piece in self._prose_pieces(sample):
+            if held is not None:
+                add(*held)
+            held = piece
+        if held is None:
+            return []
+        if self.eos_id is not None:
+            held[1].append(self.eos_id)
+        add(*held)
         if current:
             windows.append((current_line, current))
         if len(windows) > 1 and len(windows[-1][1]) == 1:  # a lone EOS: give it one token of context
@@ -193,6 +209,55 @@ class ChatRenderer:
             labels = [IGNORE_INDEX, *ids[1:]]
             out.append(TokenizedSample(input_ids=ids, labels=labels, source=f"{path}:{line}"))
         return out
+
+    def _prose_pieces(self, sample: Sample) -> Iterator[tuple[int, list[int], bool]]:
+        """(line, token ids, starts a paragraph) for each paragraph, a long one in chunks, tokenized in batches.
+
+        The tokenizer never sees more than CHUNK_CHARS at once: a whole 200 MB file in one call holds
+        gigabytes of offsets and token strings inside the tokenizer.
+        """
+        batch: list[tuple[int, str, bool]] = []
+        chars = 0
+        for piece in _prose_chunks(sample):
+            batch.append(piece)
+            chars += len(piece[1])
+            if chars >= _BATCH_CHARS or len(batch) >= _BATCH_PIECES:
+                yield from self._encode_batch(batch)
+                batch, chars = [], 0
+        yield from self._encode_batch(batch)
+
+    def _encode_batch(self, batch: list[tuple[int, str, bool]]) -> Iterator[tuple[int, list[int], bool]]:
+        if not batch:
+            return
+        encoded = self.tokenizer([text for _, text, _ in batch], add_special_tokens=False)["input_ids"]
+        for (line, _, new_paragraph), ids in zip(batch, encoded):
+            yield line, list(ids), new_paragraph
+
+
+def _prose_chunks(sample: Sample) -> Iterator[tuple[int, str, bool]]:
+    """(line, text, starts a paragraph): paragraphs with their separator, those over CHUNK_CHARS cut
+    before a space or newline (so the cut does not change how words tokenize), blank ones skipped."""
+    text = sample.text
+    line = int(sample.source.rsplit(":", 1)[1])
+    start = 0
+    for match in itertools.chain(_PARAGRAPH_BREAK.finditer(text), (None,)):
+        end = match.end() if match else len(text)
+        first = True
+        while start < end:
+            cut = end if end - start <= CHUNK_CHARS else _cut_point(text, start, start + CHUNK_CHARS)
+            chunk = text[start:cut]
+            if chunk.strip():
+                yield line, chunk, first
+                first = False
+            if sample.text_is_file:
+                line += chunk.count("\n")
+            start = cut
+
+
+def _cut_point(text: str, start: int, limit: int) -> int:
+    lowest = start + CHUNK_CHARS // 2
+    at = max(text.rfind(" ", lowest, limit), text.rfind("\n", lowest, limit))
+    return at if at > start else limit
 
 
 def _short(err: Exception) -> str:
