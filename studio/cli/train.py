@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from studio.cli.verb import AddParser, Output, VerbGroup, verb
+from studio.core.dataset.files import DEFAULT_MAX_FILE_MB
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
 
@@ -18,7 +19,7 @@ def cmd_scan(args: argparse.Namespace, data: DataDir) -> Output:
     if not folder.is_dir():
         raise StudioError(f"{folder} is not a folder.", hint="Give the folder that holds your training files.")
     if args.no_tokenizer:
-        report = scan_folder(folder).report
+        report = scan_folder(folder, max_file_mb=args.max_file_mb).report
     else:
         from transformers import AutoTokenizer
 
@@ -31,7 +32,7 @@ def cmd_scan(args: argparse.Namespace, data: DataDir) -> Output:
         else:
             base_path = resolve_base_model(data, args.base).path
         tokenizer = AutoTokenizer.from_pretrained(base_path)
-        report = prepare_dataset(folder, tokenizer, seq_len=args.seq_len).report
+        report = prepare_dataset(folder, tokenizer, seq_len=args.seq_len, max_file_mb=args.max_file_mb).report
     return Output(report.to_dict(), report.to_text())
 
 
@@ -100,6 +101,8 @@ def _parsers(add: AddParser) -> None:
     p.add_argument("--base", help="base model whose tokenizer counts the tokens (default: the default model)")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--no-tokenizer", action="store_true", help="report files and samples only (fast)")
+    p.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB,
+                   help="files larger than this are reported, not read (default %(default)g MB)")
     p = add("estimate")
     p.add_argument("--base")
     p.add_argument("--rank", type=int, default=16)

@@ -17,6 +17,7 @@ packing (rows and collator), report (what the user sees). Nothing here imports t
 
 from __future__ import annotations
 
+from studio.core.dataset.files import DEFAULT_MAX_FILE_MB
 from studio.core.dataset.packing import PackedCollator, pack_samples, packed_rows, row_from_samples
 from studio.core.dataset.prepare import LONG_SAMPLE_POLICIES, NoSamplesError, prepare_dataset, split_groups
 from studio.core.dataset.report import DataReport, FileReport, SkippedItem
@@ -31,7 +32,7 @@ from studio.core.dataset.samples import (
 from studio.core.dataset.scan import scan_folder
 
 __all__ = [
-    "IGNORE_INDEX", "LONG_SAMPLE_POLICIES", "DataReport", "FileReport", "Message", "NoSamplesError",
-    "PackedCollator", "PreparedDataset", "Sample", "ScanResult", "SkippedItem", "TokenizedSample",
+    "DEFAULT_MAX_FILE_MB", "IGNORE_INDEX", "LONG_SAMPLE_POLICIES", "DataReport", "FileReport", "Message",
+    "NoSamplesError", "PackedCollator", "PreparedDataset", "Sample", "ScanResult", "SkippedItem", "TokenizedSample",
     "pack_samples", "packed_rows", "prepare_dataset", "row_from_samples", "scan_folder", "split_groups",
 ]

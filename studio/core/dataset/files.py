@@ -23,14 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.core.dataset.report import FileReport
+from studio.core.errors import StudioError
 
 MB = 1_000_000
 DEFAULT_MAX_FILE_MB = 64.0  # about 16M tokens of prose; raise it per scan (max_file_mb) for bigger files
-TOTAL_FACTOR = 8  # one scan reads at most this many times the per-file limit, all files together
+TOTAL_FACTOR = 4  # one scan reads at most this many times the per-file limit, all files together
 _READ_CHUNK = 1 << 20
 _OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
                | getattr(os, "O_BINARY", 0))
-LIMIT_HINT = "raise the limit (max_file_mb; `--max-file-mb` on the command line)"
+LIMIT_HINT = "raise the limit (`--max-file-mb` on the command line, max_file_mb in a training config)"
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,9 @@ class ReadLimits:
 
     @classmethod
     def from_mb(cls, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> ReadLimits:
-        if max_file_mb <= 0:
-            raise ValueError(f"max_file_mb must be positive, not {max_file_mb}")
+        if not max_file_mb > 0:  # also refuses NaN
+            raise StudioError(f"The file size limit must be a positive number of MB, not {max_file_mb}.",
+                              hint=f"The default is {DEFAULT_MAX_FILE_MB:g} MB per file.")
         per_file = int(max_file_mb * MB)
         return cls(max_file_bytes=per_file, max_total_bytes=per_file * TOTAL_FACTOR)
 
@@ -129,9 +131,9 @@ class _Walker:
             mode = os.stat(target).st_mode
         except OSError as err:
             if err.errno == errno.ELOOP:
-                self._file(rel, f"link loop ({rel} -> {shown} leads back to itself): not followed. Remove the link.")
+                self._file(rel, f"link loop ({rel} -> '{shown}' leads back to itself): not followed. Remove the link.")
             elif err.errno == errno.ENOENT:
-                self._file(rel, f"broken link (its target {shown} does not exist): not read. Remove or fix the link.")
+                self._file(rel, f"broken link (its target '{shown}' does not exist): not read. Remove or fix the link.")
             else:
                 self._file(rel, f"unreadable link to {shown} ({_why(err)}): not read.")
             return
@@ -140,12 +142,13 @@ class _Walker:
         if not target.is_relative_to(self.root):
             what = "folder" if is_dir else "file"
             report(rel, f"link to a {what} outside the dataset folder ({target}): not read, so nothing outside "
-                        f"the folder you chose is trained on. Copy the {what} into the folder to use it.")
+                        f"the folder you chose is trained on. Copy the {what} into the dataset folder to use it.")
             return
         inside = self._rel(target)
         if is_dir:
             if link.parent.resolve().is_relative_to(target):
-                report(rel, f"link loop ({rel} -> {inside}/ is a folder that contains the link): not followed.")
+                report(rel, f"link loop ({rel} points to {inside.rstrip('/')}/, a folder that contains the link): "
+                            "not followed.")
             elif target in self.dirs:
                 report(rel, f"link to {self.dirs[target].rstrip('/')}/, which is read at its own place: "
                             "not read twice.")
@@ -176,7 +179,16 @@ class _Walker:
                                                error=reason))
 
 
-def read_limited(path: Path, limits: ReadLimits, total_left: int) -> bytes | str:
+@dataclass(frozen=True)
+class Read:
+    """What `read_limited` got: the bytes, or the reason there are none; the size when it is known."""
+
+    data: bytes | None
+    size: int | None = None
+    error: str | None = None
+
+
+def read_limited(path: Path, limits: ReadLimits, total_left: int) -> Read:
     """The bytes of one ordinary file, or the reason it was not read (not regular, too big, unreadable).
 
     Opened without blocking and without following a link, then checked with fstat: what was an
@@ -186,16 +198,16 @@ def read_limited(path: Path, limits: ReadLimits, total_left: int) -> bytes | str
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            return "became a link after the folder was listed: not read. Scan the folder again."
-        return f"unreadable file ({_why(err)}): not read. Check the file's permissions."
+            return Read(None, error="became a link after the folder was listed: not read. Scan the folder again.")
+        return Read(None, error=f"unreadable file ({_why(err)}): not read. Check the file's permissions.")
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            return _special(info.st_mode)
+            return Read(None, error=_special(info.st_mode))
         if info.st_size > limits.max_file_bytes:
-            return _too_big(info.st_size, limits)
+            return Read(None, info.st_size, _too_big(info.st_size, limits))
         if info.st_size > total_left:
-            return _over_total(info.st_size, limits)
+            return Read(None, info.st_size, _over_total(info.st_size, limits))
         chunks: list[bytes] = []
         got = 0
         while got <= limits.max_file_bytes:  # stop one byte over: a file still growing is not read forever
@@ -205,12 +217,12 @@ def read_limited(path: Path, limits: ReadLimits, total_left: int) -> bytes | str
             chunks.append(chunk)
             got += len(chunk)
         if got > limits.max_file_bytes:
-            return _too_big(got, limits, growing=True)
+            return Read(None, None, _too_big(got, limits, growing=True))
         if got > total_left:
-            return _over_total(got, limits)
-        return b"".join(chunks)
+            return Read(None, got, _over_total(got, limits))
+        return Read(b"".join(chunks), got)
     except OSError as err:
-        return f"unreadable file ({_why(err)}): not read."
+        return Read(None, error=f"unreadable file ({_why(err)}): not read.")
     finally:
         os.close(fd)
 

@@ -71,6 +71,20 @@ def to_sample(shape: str, record: Mapping[str, Any], source: str) -> Sample | st
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def invalid_text(sample: Sample) -> str | None:
+    """Why a sample's text cannot be tokenized, or None. JSON can spell a lone UTF-16 surrogate
+    ("\\ud800"), which is no character at all: tokenizers refuse it."""
+    texts = [sample.text] if sample.kind == "text" else [m.content for m in sample.messages]
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            code = f"\\u{ord(text[err.start]):04x}"
+            return (f"invalid character: a lone surrogate ({code} in the JSON) is not text. "
+                    "Fix that escape (it needs its pair) or remove it.")
+    return None
+
+
 def single_turn(prompt: Any, answer: Any, source: str, *, extra: Any = None, system: Any = None,
                 what: str = "prompt") -> Sample | str:
     """A user turn (prompt, plus `extra` context below it) and an assistant turn."""

@@ -54,7 +54,7 @@ def read_records(text: str, fmt: str) -> Records:
 
 # Python refuses to read integers longer than this (CVE-2020-10735); 3.10 before 3.10.7 has no limit
 _MAX_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 4300
-_LONG_INTEGER = re.compile(r"\d{%d,}" % (_MAX_DIGITS + 1))
+_LONG_INTEGER = re.compile(rf"\d{{{_MAX_DIGITS + 1},}}")
 
 
 def _loads(text: str) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from studio.core.dataset.decode import decode_bytes
 from studio.core.dataset.files import DEFAULT_MAX_FILE_MB, FoundFile, ReadLimits, read_limited, walk_folder
-from studio.core.dataset.formats import describe_unknown, detect_shape, single_turn, to_sample
+from studio.core.dataset.formats import describe_unknown, detect_shape, invalid_text, single_turn, to_sample
 from studio.core.dataset.readers import SUPPORTED, read_records
 from studio.core.dataset.report import DataReport, FileReport
 from studio.core.dataset.samples import Sample, ScanResult
@@ -47,8 +47,12 @@ def scan_folder(folder: Path | str, *, max_file_mb: float = DEFAULT_MAX_FILE_MB)
     total_left = limits.max_total_bytes
     for found in walk.files:
         file_report, file_samples = _read_contained(found, limits, total_left)
-        total_left -= file_report.size or 0
+        total_left -= file_report.size if file_report.size is not None and file_report.error is None else 0
         for sample in file_samples:
+            problem = invalid_text(sample)
+            if problem:
+                file_report.skip(_line(sample.source), problem)
+                continue
             key = sample.dedup_key()
             if key in seen:
                 file_report.skip(_line(sample.source), f"duplicate of {seen[key]}")
@@ -98,11 +102,12 @@ def _read_file(found: FoundFile, limits: ReadLimits, total_left: int) -> tuple[F
         kind = suffix or "(no extension)"
         return FileReport(path=rel, format=suffix.lstrip(".") or "-", error=f"unsupported file type {kind}"), []
     report = FileReport(path=rel, format=fmt)
-    data = read_limited(found.path, limits, total_left)
-    if isinstance(data, str):
-        report.error = data
+    read = read_limited(found.path, limits, total_left)
+    report.size = read.size
+    if read.data is None:
+        report.error = read.error
         return report, []
-    report.size = len(data)
+    data = read.data
     if not data.strip():
         report.error = "empty file"
         return report, []

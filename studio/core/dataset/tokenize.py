@@ -205,7 +205,8 @@ class ChatRenderer:
             windows[-2:] = [(line, prev[:-1]), (last_line, prev[-1:] + last)]
         out = []
         for line, ids in windows:
-            ids = self.prefix_ids + ids
+            if self.prefix_ids:
+                ids = self.prefix_ids + ids
             labels = [IGNORE_INDEX, *ids[1:]]
             out.append(TokenizedSample(input_ids=ids, labels=labels, source=f"{path}:{line}"))
         return out
@@ -230,7 +231,7 @@ class ChatRenderer:
         if not batch:
             return
         encoded = self.tokenizer([text for _, text, _ in batch], add_special_tokens=False)["input_ids"]
-        for (line, _, new_paragraph), ids in zip(batch, encoded):
+        for (line, _, new_paragraph), ids in zip(batch, encoded, strict=True):
             yield line, list(ids), new_paragraph
 
 
