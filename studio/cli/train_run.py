@@ -37,7 +37,7 @@ _FIELDS = {
     "micro_batch": "micro_batch_size", "grad_accum": "grad_accum", "seq_len": "seq_len",
     "val_fraction": "val_fraction", "eval_every": "eval_every", "checkpoint_every": "checkpoint_every",
     "keep_checkpoints": "keep_checkpoints", "sample_every": "sample_every", "early_stopping": "early_stopping_patience",
-    "seed": "seed", "long_samples": "long_samples", "parent": "parent_adapter", "device": "device", "notes": "notes",
+    "seed": "seed", "long_samples": "long_samples", "max_file_mb": "max_file_mb", "parent": "parent_adapter", "device": "device", "notes": "notes",
 }
 
 
@@ -72,6 +72,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--no-gradient-checkpointing", action="store_true")
     p.add_argument("--long-samples", choices=["truncate", "drop"])
+    p.add_argument("--max-file-mb", type=float, help="data files larger than this are reported, not read")
     p.add_argument("--continue", dest="parent", metavar="ADAPTER", help="continue training this library adapter")
     p.add_argument("--resume", metavar="RUN_ID", help="resume a stopped or interrupted run")
     p.add_argument("--device", choices=["auto", "cuda", "cpu", "mps"])

@@ -412,3 +412,20 @@ def test_packed_rows_and_collator():
     assert batch["labels"][1].tolist() == rows[1]["labels"]
     with pytest.raises(ValueError, match="more than seq_len"):
         PackedCollator(pad_token_id=0, seq_len=6)(rows)
+
+
+def test_a_paragraph_longer_than_a_tokenizer_chunk_gives_the_same_tokens(tmp_path: Path, tokenizer):
+    """Long text reaches the tokenizer in chunks cut before a space: the tokens are those of the whole."""
+    from studio.core.dataset.tokenize import CHUNK_CHARS
+
+    rng = random.Random(3)
+    words = ["fox", "dog", "the", "quick", "lazy", "  ", "Paris", "capital", "hello,", "today?"]
+    paragraph = " ".join(rng.choice(words) for _ in range(CHUNK_CHARS))  # ~5 chunks, one paragraph
+    text = f"Short opening paragraph.\n\n{paragraph}\n\nA closing line.\n"
+    (tmp_path / "long.txt").write_text(text, encoding="utf-8")
+    windows = prepare_dataset(tmp_path, tokenizer, seq_len=512, val_fraction=0).train
+    windows.sort(key=lambda w: int(w.source.rsplit(":", 1)[1]))
+    ids = [t for w in windows for t in w.input_ids]
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert all(len(w) <= 512 for w in windows) and len(windows) > 10
+    assert [int(w.source.rsplit(":", 1)[1]) for w in windows][:2] == [1, 3]

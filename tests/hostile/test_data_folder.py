@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.core.dataset import DataReport, FileReport, prepare_dataset, scan_folder
+from studio.core.dataset import DEFAULT_MAX_FILE_MB, DataReport, FileReport, prepare_dataset, scan_folder
 from studio.core.dataset.files import ReadLimits, read_limited
 from studio.core.errors import StudioError
 
@@ -324,3 +324,15 @@ def test_lora_studio_scan_json_shows_every_reason(tmp_path: Path):
     assert "named pipe" in errors["pipe.txt"]
     assert "link loop" in errors["loop/"]
     assert "over the limit of 1.0 MB per file" in errors["book.txt"]
+
+
+def test_a_training_run_takes_the_limit_from_its_config(tmp_path: Path):
+    import argparse
+
+    from studio.cli.train_run import add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    config = config_from_args(parser.parse_args([str(tmp_path), "--max-file-mb", "300"]))
+    assert config.max_file_mb == 300
+    assert config_from_args(parser.parse_args([str(tmp_path)])).max_file_mb == DEFAULT_MAX_FILE_MB

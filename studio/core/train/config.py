@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from studio.core.basemodels import DEFAULT_BASE_ID
+from studio.core.dataset.files import DEFAULT_MAX_FILE_MB
 from studio.core.errors import StudioError
 
 METHODS = ("lora", "dora", "rslora")
@@ -77,6 +78,7 @@ class TrainConfig:
     seed: int = 42
     gradient_checkpointing: bool = True
     long_samples: str = "truncate"  # truncate | drop
+    max_file_mb: float = DEFAULT_MAX_FILE_MB  # data files larger than this are reported, not read
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     device: str = "auto"  # auto | cuda | cpu | mps

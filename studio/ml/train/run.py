@@ -226,7 +226,7 @@ class _Run:
                 raise StudioError(f"Adapter {self.parent.manifest.name!r} was trained on "
                                   f"{self.parent.manifest.base_model!r}, not on {self.base_info.id!r}.",
                                   hint="Continue training it on the base it was trained on.")
-        scan = scan_folder(cfg.data_folder)
+        scan = scan_folder(cfg.data_folder, max_file_mb=cfg.max_file_mb)
         self.prepared = prepare_dataset(cfg.data_folder, self.tokenizer, seq_len=cfg.seq_len,
                                         val_fraction=cfg.val_fraction, seed=cfg.seed,
                                         long_samples=cfg.long_samples, scan=scan)
