@@ -336,3 +336,39 @@ def test_a_training_run_takes_the_limit_from_its_config(tmp_path: Path):
     config = config_from_args(parser.parse_args([str(tmp_path), "--max-file-mb", "300"]))
     assert config.max_file_mb == 300
     assert config_from_args(parser.parse_args([str(tmp_path)])).max_file_mb == DEFAULT_MAX_FILE_MB
+
+
+def test_a_conversation_of_thousands_of_turns_costs_one_window(tmp_path: Path, tokenizer):
+    """Rendering every prefix of 3,000 turns took 40 s for 256 tokens; now the turns past any window
+    are cut first, and what is trained is the same as cutting the whole rendering."""
+    import time
+
+    from studio.core.dataset.samples import Message, Sample
+    from studio.core.dataset.tokenize import ChatRenderer
+
+    def turns(n: int) -> list[dict]:
+        return [{"role": role, "content": f"{role} turn {i} about the quick brown fox"}
+                for i in range(n) for role in ("user", "assistant")]
+
+    folder = tmp_path / "data"
+    _write(folder / "long.jsonl", json.dumps({"messages": turns(1500)}) + "\n"
+           + json.dumps({"messages": [{"role": "user", "content": "Summarise."},
+                                      {"role": "assistant", "content": "fox " * 2_000_000}]}) + "\n")
+    _write(folder / "medium.jsonl", json.dumps({"messages": turns(150)}) + "\n")
+    _write(folder / "short.jsonl", json.dumps(CHAT) + "\n")
+    started = time.monotonic()
+    prepared = prepare_dataset(folder, tokenizer, seq_len=64, val_fraction=0)
+    assert time.monotonic() - started < 15
+    assert sorted(len(s) for s in prepared.train)[1:] == [64, 64, 64]
+    assert prepared.report.file("long.jsonl").truncated == 2
+
+    messages = tuple(Message(t["role"], t["content"]) for t in turns(150))
+    whole = ChatRenderer(tokenizer).render_chat(Sample(kind="chat", source="medium.jsonl:1", messages=messages))
+    kept = next(s for s in prepared.train if s.source == "medium.jsonl:1")
+    assert (kept.input_ids, kept.labels) == (whole.input_ids[:64], whole.labels[:64])
+    dropped = prepare_dataset(folder, tokenizer, seq_len=64, val_fraction=0, long_samples="drop",
+                              scan=scan_folder(folder))
+    reasons = [s.reason for s in dropped.report.file("long.jsonl").skipped]
+    assert len(reasons) == 2 and all(r.startswith("longer than the sequence length (") and "+ > 64 tokens), dropped"
+                                     in r for r in reasons), reasons
+    assert [s.source for s in dropped.train] == ["short.jsonl:1"]

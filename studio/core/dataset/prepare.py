@@ -18,7 +18,7 @@ from studio.core.dataset.files import DEFAULT_MAX_FILE_MB
 from studio.core.dataset.report import DataReport, FileReport
 from studio.core.dataset.samples import IGNORE_INDEX, PreparedDataset, Sample, ScanResult, TokenizedSample
 from studio.core.dataset.scan import scan_folder
-from studio.core.dataset.tokenize import ChatRenderer
+from studio.core.dataset.tokenize import ChatRenderer, cut_conversation
 from studio.core.errors import StudioError
 
 log = logging.getLogger(__name__)
@@ -94,28 +94,31 @@ def prepare_dataset(folder: Path | str, tokenizer: Any, *, seq_len: int = 1024, 
 def _tokenize(renderer: ChatRenderer, sample: Sample, seq_len: int, long_samples: str,
               file_report: FileReport) -> list[TokenizedSample] | str:
     if sample.kind == "chat":
-        rendered = renderer.render_chat(sample)
+        cut = cut_conversation(sample, seq_len)
+        rendered = renderer.render_chat(cut or sample)
         if isinstance(rendered, str):
             return rendered
-        return _apply_long_policy(rendered, seq_len, long_samples, file_report)
+        return _apply_long_policy(rendered, seq_len, long_samples, file_report, cut=cut is not None)
     kept = renderer.render_text(sample, seq_len)
     for window in kept:
         file_report.longest = max(file_report.longest or 0, len(window))
     return kept
 
 
-def _apply_long_policy(sample: TokenizedSample, seq_len: int, policy: str,
-                       file_report: FileReport) -> list[TokenizedSample] | str:
+def _apply_long_policy(sample: TokenizedSample, seq_len: int, policy: str, file_report: FileReport, *,
+                       cut: bool = False) -> list[TokenizedSample] | str:
+    """`cut`: the conversation was cut before rendering (cut_conversation), so it is longer still."""
     length = len(sample)
     file_report.longest = max(file_report.longest or 0, length)
-    if length <= seq_len:
+    if length <= seq_len and not cut:
         return [sample]
     file_report.over_seq_len += 1
+    shown = f"{length}+" if cut else str(length)
     if policy == "drop":
-        return f"longer than the sequence length ({length} > {seq_len} tokens), dropped"
+        return f"longer than the sequence length ({shown} > {seq_len} tokens), dropped"
     labels = sample.labels[:seq_len]
     if all(label == IGNORE_INDEX for label in labels):
-        return f"longer than the sequence length ({length} > {seq_len} tokens) with no answer before the cut"
+        return f"longer than the sequence length ({shown} > {seq_len} tokens) with no answer before the cut"
     file_report.truncated += 1
     return [TokenizedSample(input_ids=sample.input_ids[:seq_len], labels=labels, source=sample.source)]
 

@@ -39,7 +39,7 @@ class Records:
 
 
 def read_records(text: str, fmt: str) -> Records:
-    if not text.strip():
+    if not text or text.isspace():
         return Records(file_error="empty file")
     if fmt == "jsonl":
         return _read_jsonl(text)

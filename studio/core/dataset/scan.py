@@ -107,28 +107,28 @@ def _read_file(found: FoundFile, limits: ReadLimits, total_left: int) -> tuple[F
     if read.data is None:
         report.error = read.error
         return report, []
-    data = read.data
-    if not data.strip():
+    if not read.data or read.data.isspace():  # (not .strip(): that copies the whole file)
         report.error = "empty file"
         return report, []
-    decoded = decode_bytes(data)
+    decoded = decode_bytes(read.data)
+    del read  # the bytes go as soon as there is text: a scan holds one copy of a file, not two
     if decoded.text is None:
         report.error = decoded.error
         return report, []
     report.encoding = decoded.encoding
-    found = read_records(decoded.text, fmt)
-    report.notes.extend(found.notes)
-    report.skipped.extend(found.errors)
-    if found.file_error:
-        report.error = found.file_error
+    parsed = read_records(decoded.text, fmt)
+    report.notes.extend(parsed.notes)
+    report.skipped.extend(parsed.errors)
+    if parsed.file_error:
+        report.error = parsed.file_error
         return report, []
-    if found.table_shape is not None:
-        report.shape = found.table_shape
-        return report, _table_samples(found.records, rel, report)
+    if parsed.table_shape is not None:
+        report.shape = parsed.table_shape
+        return report, _table_samples(parsed.records, rel, report)
     if fmt in ("txt", "md"):
         report.shape = "prose"
         return report, [Sample(kind="text", source=f"{rel}:1", text=decoded.text, text_is_file=True)]
-    return report, _json_samples(found.records, rel, report)
+    return report, _json_samples(parsed.records, rel, report)
 
 
 def _json_samples(records: list, rel: str, report: FileReport) -> list[Sample]:

@@ -14,13 +14,14 @@ across a boundary. This module knows nothing about files, reports or packing.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import re
 from collections.abc import Iterator
 from typing import Any
 
-from studio.core.dataset.samples import IGNORE_INDEX, Sample, TokenizedSample
+from studio.core.dataset.samples import IGNORE_INDEX, Message, Sample, TokenizedSample
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,27 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 CHUNK_CHARS = 16_384  # the most text handed to the tokenizer in one piece
 _BATCH_CHARS = 1 << 20  # pieces are tokenized together up to about this much text (or this many pieces)
 _BATCH_PIECES = 512
+MAX_CHARS_PER_TOKEN = 32  # a generous upper bound on the characters of one token
+MIN_TOKENS_PER_MESSAGE = 2
+
+
+def cut_conversation(sample: Sample, max_tokens: int) -> Sample | None:
+    """The conversation cut where it certainly holds more than `max_tokens` tokens, or None if it may fit.
+
+    Finding the answers renders every prefix of the conversation, which costs turns x length: a
+    record of thousands of turns would take minutes for the first window's worth of tokens. No
+    token spans more than MAX_CHARS_PER_TOKEN characters and every message costs at least
+    MIN_TOKENS_PER_MESSAGE (its role marker), so what lies past that bound is never trained on.
+    """
+    bound = 0
+    for index, message in enumerate(sample.messages):
+        cost = MIN_TOKENS_PER_MESSAGE + -(-len(message.content) // MAX_CHARS_PER_TOKEN)
+        if bound + cost > max_tokens:
+            keep = max(0, (max_tokens - bound - MIN_TOKENS_PER_MESSAGE) * MAX_CHARS_PER_TOKEN) + MAX_CHARS_PER_TOKEN
+            messages = (*sample.messages[:index], Message(message.role, message.content[:keep]))
+            return dataclasses.replace(sample, messages=messages)
+        bound += cost
+    return None
 
 
 def fallback_template(end_marker: str) -> str:
