@@ -37,7 +37,8 @@ _FIELDS = {
     "micro_batch": "micro_batch_size", "grad_accum": "grad_accum", "seq_len": "seq_len",
     "val_fraction": "val_fraction", "eval_every": "eval_every", "checkpoint_every": "checkpoint_every",
     "keep_checkpoints": "keep_checkpoints", "sample_every": "sample_every", "early_stopping": "early_stopping_patience",
-    "seed": "seed", "long_samples": "long_samples", "max_file_mb": "max_file_mb", "parent": "parent_adapter", "device": "device", "notes": "notes",
+    "seed": "seed", "long_samples": "long_samples", "max_file_mb": "max_file_mb", "parent": "parent_adapter",
+    "device": "device", "notes": "notes",
 }
 
 
