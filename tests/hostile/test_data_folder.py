@@ -372,3 +372,22 @@ def test_a_conversation_of_thousands_of_turns_costs_one_window(tmp_path: Path, t
     assert len(reasons) == 2 and all(r.startswith("longer than the sequence length (") and "+ > 64 tokens), dropped"
                                      in r for r in reasons), reasons
     assert [s.source for s in dropped.train] == ["short.jsonl:1"]
+
+
+def test_a_folder_nested_past_pythons_recursion_limit_is_walked(tmp_path: Path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    deep = folder
+    for _ in range(1100):  # one os.mkdir at a time: pathlib's and os.makedirs' own recursion would fail
+        deep = deep / "d"
+        os.mkdir(deep)
+    _write(deep / "bottom.jsonl", _chat(1, "deep"))
+    _write(folder / "top.jsonl", _chat(1, "top"))
+    try:
+        report = _scan_in_thread(folder)
+        assert report.total_samples == 2 and report.file("d/" * 1100 + "bottom.jsonl").used
+    finally:  # and shutil.rmtree (pytest's cleanup) recurses too: take it down level by level
+        (deep / "bottom.jsonl").unlink()
+        while deep != folder:
+            deep.rmdir()
+            deep = deep.parent

@@ -90,14 +90,22 @@ class _Walker:
         self.dirs: dict[Path, str] = {}  # real folder -> the path it is read at
         self.file_paths: dict[Path, str] = {}  # real file -> the path it is read at
         self.links: list[tuple[str, Path, str | None]] = []  # (rel, link, via): decided after the real tree
+        self.pending: list[tuple[Path, str, str | None]] = []  # folders to list: a loop, not recursion,
+        # so a folder nested thousands deep is walked like any other
 
     def run(self) -> None:
         self._walk_dir(self.root, "", None)
-        while self.links:  # a followed folder may hold more links: they join the queue
-            self._follow(*self.links.pop(0))
+        while self.pending or self.links:  # a followed folder may hold more links: they join the queue
+            if self.pending:
+                self._list_dir(*self.pending.pop())
+            else:
+                self._follow(*self.links.pop(0))
 
     def _walk_dir(self, real: Path, prefix: str, via: str | None) -> None:
         self.dirs[real] = prefix or "."
+        self.pending.append((real, prefix, via))
+
+    def _list_dir(self, real: Path, prefix: str, via: str | None) -> None:
         try:
             with os.scandir(real) as it:
                 entries = sorted(it, key=lambda e: e.name)
