@@ -213,9 +213,11 @@ def test_links_inside_the_folder_are_read_once(tmp_path: Path):
     assert report.file("real/chats.jsonl").samples == 120
     followed = report.file("stash/kept.jsonl")
     assert followed.samples == 120 and followed.notes == ["read through the link stash -> .stash"]
-    assert "link to real/, which is read at its own place" in _entry(report, "alias/").error
-    assert "the same file as real/chats.jsonl" in _entry(report, "copy.jsonl").error
-    assert "link to stash/, which is read at its own place" in _entry(report, "stash-again/").error
+    assert "link to a folder already read as real/: not read twice" in _entry(report, "alias/").error
+    assert "the same file as real/chats.jsonl, already read" in _entry(report, "copy.jsonl").error
+    assert "link to a folder already read as stash/" in _entry(report, "stash-again/").error
+    (tmp_path / "data-link").symlink_to(folder)  # the folder itself through a link: the same report
+    assert [f.to_dict() for f in scan_folder(tmp_path / "data-link").report.files] == [f.to_dict() for f in report.files]
 
 
 @posix_only

@@ -158,8 +158,7 @@ class _Walker:
                 report(rel, f"link loop ({rel} points to {inside.rstrip('/')}/, a folder that contains the link): "
                             "not followed.")
             elif target in self.dirs:
-                report(rel, f"link to {self.dirs[target].rstrip('/')}/, which is read at its own place: "
-                            "not read twice.")
+                report(rel, f"link to a folder already read as {self.dirs[target].rstrip('/')}/: not read twice.")
             else:
                 self._walk_dir(target, rel + "/", via or f"{rel} -> {inside}")
         elif not stat.S_ISREG(mode):
@@ -169,8 +168,7 @@ class _Walker:
 
     def _add_file(self, rel: str, real: Path, via: str | None) -> None:
         if real in self.file_paths:  # reached a second time through a link
-            self._file(rel, f"the same file as {self.file_paths[real]}, which is read at its own place: "
-                            "not read twice.")
+            self._file(rel, f"the same file as {self.file_paths[real]}, already read: not read twice.")
             return
         self.file_paths[real] = rel
         self.result.files.append(FoundFile(rel, real, via))
