@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
+DETECT_BYTES = 1 << 18  # how much of a non-UTF-8 file the encoding is guessed from (256 kB)
 MAX_CHAOS = 0.2  # charset-normalizer's mess ratio (0 = clean text); above this the guess is refused
 _BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
@@ -53,10 +54,19 @@ def decode_bytes(data: bytes) -> Decoded:
 
 
 def _detect(data: bytes) -> tuple[str, str] | None:
-    """charset-normalizer's best reading, or None when it is not confident."""
+    """charset-normalizer's best reading, or None when it is not confident.
+
+    It judges the first DETECT_BYTES (cut after a newline, which no multi-byte encoding uses inside
+    a character): on a whole large file it holds a decoded copy per candidate encoding, 20 times the
+    file. The whole file must then decode in the chosen encoding.
+    """
     from charset_normalizer import from_bytes
 
-    matches = [m for m in from_bytes(data) if m.chaos <= MAX_CHAOS]
+    sample = data
+    if len(data) > DETECT_BYTES:
+        cut = data.rfind(b"\n", 0, DETECT_BYTES)
+        sample = data[:cut + 1] if cut > 0 else data[:DETECT_BYTES]
+    matches = [m for m in from_bytes(sample) if m.chaos <= MAX_CHAOS]
     if not matches:
         return None
     best = matches[0]

@@ -214,19 +214,18 @@ def read_limited(path: Path, limits: ReadLimits, total_left: int) -> Read:
             return Read(None, info.st_size, _too_big(info.st_size, limits))
         if info.st_size > total_left:
             return Read(None, info.st_size, _over_total(info.st_size, limits))
-        chunks: list[bytes] = []
-        got = 0
-        while got <= limits.max_file_bytes:  # stop one byte over: a file still growing is not read forever
-            chunk = os.read(fd, min(_READ_CHUNK, limits.max_file_bytes + 1 - got))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
+        # One read of the whole file (no list of chunks joined into a second copy), then more only if
+        # it grew; never past one byte over the limit, so a file still growing is not read forever.
+        chunks = [os.read(fd, min(info.st_size, limits.max_file_bytes) + 1)]
+        got = len(chunks[0])
+        while got <= limits.max_file_bytes and chunks[-1]:
+            chunks.append(os.read(fd, min(_READ_CHUNK, limits.max_file_bytes + 1 - got)))
+            got += len(chunks[-1])
         if got > limits.max_file_bytes:
             return Read(None, None, _too_big(got, limits, growing=True))
         if got > total_left:
             return Read(None, got, _over_total(got, limits))
-        return Read(b"".join(chunks), got)
+        return Read(chunks[0] if got == len(chunks[0]) else b"".join(chunks), got)
     except OSError as err:
         return Read(None, error=f"unreadable file ({_why(err)}): not read.")
     finally:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from studio.core.dataset.report import DataReport
 
 ROLES = ("system", "user", "assistant")
-_WHITESPACE = re.compile(r"\s+")
+_WHITESPACE = re.compile(r"\s")
+_HASH_STEP = 1 << 16
 IGNORE_INDEX = -100  # label value for tokens that take no loss (torch's CrossEntropyLoss default)
 
 
@@ -42,8 +43,24 @@ class Sample:
         parts = [("", self.text)] if self.kind == "text" else [(m.role, m.content) for m in self.messages]
         for role, text in parts:
             digest.update(f"\x00{role}\x01".encode())
-            digest.update(_WHITESPACE.sub(" ", text).strip().encode("utf-8", "surrogatepass"))
+            _hash_normalized(digest, text)
         return digest.digest()
+
+
+def _hash_normalized(digest: Any, text: str) -> None:
+    """digest.update(" ".join(text.split())) in steps of about 64 kB, cut at whitespace: split() on a
+    whole 60 MB file holds a string object per word, 20 times the file."""
+    pos, first = 0, True
+    while pos < len(text):
+        end = pos + _HASH_STEP
+        if end < len(text):
+            space = _WHITESPACE.search(text, end)
+            end = space.start() if space else len(text)
+        words = text[pos:end].split()
+        if words:
+            digest.update((" " if not first else "").encode() + " ".join(words).encode("utf-8", "surrogatepass"))
+            first = False
+        pos = end
 
 
 @dataclass(frozen=True)
