@@ -411,3 +411,15 @@ def test_reading_a_big_file_holds_a_few_copies_of_it(tmp_path: Path, encoding: s
     tracemalloc.stop()
     assert report.file("legacy.txt").used and report.total_samples == 1  # (word salad: the guess may be cp1257)
     assert peak < 8 * len(data), f"the scan of a {len(data):,}-byte file held {peak:,} bytes"
+
+
+def test_a_giant_question_is_reported_like_any_sample_longer_than_a_window(tmp_path: Path, tokenizer):
+    folder = tmp_path / "data"
+    giant = {"messages": [{"role": "user", "content": "why " * 1_000_000}, {"role": "assistant", "content": "ok"}]}
+    _write(folder / "chats.jsonl", json.dumps(giant) + "\n" + json.dumps(CHAT) + "\n")
+    prepared = prepare_dataset(folder, tokenizer, seq_len=64, val_fraction=0)
+    report = prepared.report.file("chats.jsonl")
+    assert [(s.line, s.reason) for s in report.skipped] == [
+        (1, "longer than the sequence length (more than 64 tokens) with no answer before the cut")]
+    assert report.over_seq_len == 1 and report.truncated == 0
+    assert len(prepared.train) == 1

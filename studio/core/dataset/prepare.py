@@ -95,6 +95,11 @@ def _tokenize(renderer: ChatRenderer, sample: Sample, seq_len: int, long_samples
               file_report: FileReport) -> list[TokenizedSample] | str:
     if sample.kind == "chat":
         cut = cut_conversation(sample, seq_len)
+        if cut is not None and not any(m.role == "assistant" for m in cut.messages):
+            file_report.over_seq_len += 1
+            if long_samples == "drop":
+                return f"longer than the sequence length (more than {seq_len} tokens), dropped"
+            return f"longer than the sequence length (more than {seq_len} tokens) with no answer before the cut"
         rendered = renderer.render_chat(cut or sample)
         if isinstance(rendered, str):
             return rendered

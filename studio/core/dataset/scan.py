@@ -40,7 +40,7 @@ def scan_folder(folder: Path | str, *, max_file_mb: float = DEFAULT_MAX_FILE_MB)
     report = DataReport(folder=str(folder), max_file_bytes=limits.max_file_bytes,
                         max_total_bytes=limits.max_total_bytes)
     samples: list[Sample] = []
-    seen: dict[str, str] = {}  # dedup key -> source of the first copy
+    seen: dict[bytes, str] = {}  # dedup key -> source of the first copy
     walk = walk_folder(folder)
     report.hidden_ignored = walk.hidden
     report.files.extend(walk.not_read)
