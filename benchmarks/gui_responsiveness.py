@@ -65,6 +65,7 @@ def main() -> None:
         from studio.core.paths import data_dir
         from studio.core.train.config import TrainConfig
         from studio.core.train.demo import DEMO_PROBE, SAMPLE_DATASET
+        from studio.gui.changes import ChangeNotifier
         from studio.gui.train.panel import TrainPanel
 
         data = data_dir(home)
@@ -84,7 +85,7 @@ def main() -> None:
         warmed = QEventLoop()
         warm.signals.finished.connect(lambda _r: warmed.quit())
         warmed.exec()
-        panel = TrainPanel(data)
+        panel = TrainPanel(data, ChangeNotifier())
         panel.resize(1200, 800)
         if not args.hidden:  # hidden: nothing is painted, which tells painting's cost from the rest
             panel.show()

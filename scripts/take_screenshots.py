@@ -177,9 +177,10 @@ def wizard_settings(shot: Shot) -> None:
 
 @screen("train_dashboard")
 def dashboard(shot: Shot) -> None:
+    from studio.gui.changes import ChangeNotifier
     from studio.gui.train.panel import TrainPanel
 
-    panel = shot.show(TrainPanel(shot.data))
+    panel = shot.show(TrainPanel(shot.data, ChangeNotifier()))
     shot.wait(lambda: panel.browser.runs is not None, "the run list")
     results: list = []
     panel.run_finished.connect(results.append)
@@ -195,6 +196,7 @@ def dashboard(shot: Shot) -> None:
 
 @screen("run_browser")
 def run_browser(shot: Shot) -> None:
+    from studio.gui.changes import ChangeNotifier
     from studio.gui.train.panel import TrainPanel
 
     if "demo" not in shot.runs:
@@ -205,7 +207,7 @@ def run_browser(shot: Shot) -> None:
         learning_rate=5e-4))
     shot.runs["paused"] = train(shot, demo_run_config(shot, adapter_name="Vellmar facts, rank 64", rank=64,
                                                       alpha=128.0), stop_after=max(2, shot.steps // 3))
-    panel = shot.show(TrainPanel(shot.data))
+    panel = shot.show(TrainPanel(shot.data, ChangeNotifier()))
     shot.wait(lambda: panel.browser.runs is not None and not panel.browser.busy(), "the run list")
     panel.tabs.setCurrentWidget(panel.browser)
     panel.browser.select([shot.runs["demo"], shot.runs["attention"]])
@@ -235,6 +237,7 @@ def trash_and_error(shot: Shot) -> None:
     from PySide6.QtWidgets import QMessageBox
 
     from studio.core.library.store import AdapterLibrary
+    from studio.gui.changes import ChangeNotifier
     from studio.gui.library.panel import LibraryPanel
     from tests.tiny_model import make_tiny_adapter
 
@@ -242,7 +245,7 @@ def trash_and_error(shot: Shot) -> None:
     library = AdapterLibrary(shot.data)
     for name, seed in (("pirate voice", 1), ("sea shanty facts", 2)):
         library.import_path(make_tiny_adapter(base_dir, shot.data.root / "made" / name, base_name=shot.base, seed=seed), name=name)
-    panel = shot.show(LibraryPanel(shot.data))
+    panel = shot.show(LibraryPanel(shot.data, ChangeNotifier()))
     shot.wait(lambda: panel.table.rowCount() == 2, "the library")
     panel.select(library.get("sea shanty facts").id)
     panel.delete_selected()

@@ -1,9 +1,11 @@
 """The main window: a sidebar of panels (Library, Train, Blend, Chat) and a live status bar.
 
 Opens without importing torch; the device is probed in the background after the window shows.
-It routes requests between panels ("compare with base" from the library opens the chat panel, a
-finished run refreshes the library, ...) and asks before closing while a panel is busy. Knows
-nothing about training or adapters beyond the panels' public methods and signals.
+It owns the one app-wide ChangeNotifier (studio.gui.changes) that every panel announces to and
+refreshes from, and the watch on the data directory that turns the CLI's changes into the same
+notice. It routes requests between panels ("compare with base" from the library opens the chat
+panel, ...) and asks before closing while a panel is busy. Knows nothing about training or adapters
+beyond the panels' public methods and signals.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from PySide6.QtWidgets import (
 
 from studio import APP_NAME, __version__
 from studio.core.basemodels import DEFAULT_BASE_ID
+from studio.core.changes import Changes
 from studio.core.paths import DataDir
 from studio.gui.blend.panel import BlendPanel
+from studio.gui.changes import ChangeNotifier, DataDirWatcher
 from studio.gui.chat.panel import ChatPanel
 from studio.gui.library.panel import LibraryPanel
 from studio.gui.settings_dialog import BASE_MODEL_KEY, SettingsDialog
@@ -88,10 +92,14 @@ class MainWindow(QMainWindow):
         self.device_kind = ""  # "cuda" | "cpu" once probed
         self.pending_demo_run = False
         self.demo_steps = 0  # 0: the demo's own step count (tests use a tiny one)
-        self.library_panel = LibraryPanel(data)
-        self.train_panel = TrainPanel(data)
-        self.blend_panel = BlendPanel(data)
-        self.chat_panel = ChatPanel(data)
+        # One notice of what changed for the whole app; the panels connect to it first, so they have
+        # started re-reading before the window's own reaction (the demo's comparison) runs.
+        self.changes = ChangeNotifier(self)
+        self.library_panel = LibraryPanel(data, self.changes)
+        self.train_panel = TrainPanel(data, self.changes)
+        self.blend_panel = BlendPanel(data, self.changes)
+        self.chat_panel = ChatPanel(data, self.changes)
+        self.watcher = DataDirWatcher(data, self.changes, self)
         self.sidebar = QListWidget()
         self.sidebar.setFixedWidth(140)
         self.stack = QStackedWidget()
@@ -129,6 +137,8 @@ class MainWindow(QMainWindow):
         self.memory_timer.timeout.connect(self.update_memory)
         self.memory_timer.start()
         self.update_memory()
+        self.probe_timer = QTimer(self, singleShot=True, interval=200)
+        self.probe_timer.timeout.connect(self._start_probes)
 
         geometry = self.settings.value("main/geometry")
         if geometry is not None:
@@ -139,7 +149,7 @@ class MainWindow(QMainWindow):
 
     def show_welcome(self) -> None:
         """The first-run page, on top of the panels until the user moves on."""
-        self.welcome = WelcomePage(self.data)
+        self.welcome = WelcomePage(self.data, self.changes)
         self.welcome.dismissed.connect(self.close_welcome)
         self.welcome.try_it_requested.connect(self.try_it)
         self.welcome.base_model_chosen.connect(self.set_base_model)
@@ -190,17 +200,22 @@ class MainWindow(QMainWindow):
         library.compare_requested.connect(lambda adapter_id: self.open_chat([adapter_id, "base"]))
         library.continue_requested.connect(self.continue_training)
         library.export_requested.connect(self.open_export)
-        self.train_panel.adapter_created.connect(self.adapter_created)
         self.train_panel.compare_requested.connect(lambda adapter_id: self.open_chat([adapter_id, "base"]))
-        self.blend_panel.adapter_created.connect(self.adapter_created)
+        # A demo run that ended without an adapter (stopped, failed) opens nothing later.
+        self.train_panel.run_finished.connect(lambda _result: setattr(self, "pending_demo_run", False))
         self.chat_panel.blend_requested.connect(self.open_blend)
+        self.changes.changed.connect(self._changed)
 
-    def adapter_created(self, adapter_id: str) -> None:
-        self.library_panel.refresh()
-        self.statusBar().showMessage(f"{adapter_id} is in the library", 8000)
-        if self.pending_demo_run:  # the demo ends in the comparison with the base
+    def _changed(self, changes: Changes) -> None:
+        if changes.base_models:
+            self._show_base()
+        added = sorted(changes.adapters_added)
+        if added:
+            self.statusBar().showMessage(f"{', '.join(added)} {'is' if len(added) == 1 else 'are'} in the library",
+                                         8000)
+        if self.pending_demo_run and changes.runs_finished and added:  # the demo ends in the comparison
             self.pending_demo_run = False
-            self.open_chat([adapter_id, "base"])
+            self.open_chat([added[0], "base"])
 
     def open_chat(self, refs: list[str]) -> None:
         self.show_panel(CHAT)
@@ -217,9 +232,7 @@ class MainWindow(QMainWindow):
     def open_export(self, adapter_id: str) -> None:
         from studio.gui.library.export_dialog import ExportDialog
 
-        dialog = ExportDialog(self.data, adapter_id, self)
-        dialog.adapter_created.connect(self.adapter_created)  # "smaller adapter by SVD" makes a new one
-        dialog.open()
+        ExportDialog(self.data, adapter_id, self.changes, self).open()
 
     def _build_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -246,12 +259,15 @@ class MainWindow(QMainWindow):
         super().showEvent(event)
         if not getattr(self, "_probed", False):
             self._probed = True
-            if self.welcome is not None:
-                QTimer.singleShot(300, self.welcome, self.welcome.start_probes)
-            # After the first paint: the device probe imports torch, which takes seconds. The timer has
-            # the window as context, so it is dropped if the window is gone by then.
-            QTimer.singleShot(200, self, self.start_device_probe)
+            # After the first paint: the device probe imports torch, which takes seconds. The window owns
+            # the timer, so closing it early stops the probes from starting.
+            self.probe_timer.start()
             self.shown.emit()
+
+    def _start_probes(self) -> None:
+        if self.welcome is not None:
+            self.welcome.start_probes()
+        self.start_device_probe()
 
     def start_device_probe(self) -> None:
         start_job(probe_device, on_done=self._set_device, on_error=lambda e, d: self._set_device("unknown"),
@@ -305,6 +321,9 @@ class MainWindow(QMainWindow):
             return
         self.settings.setValue("main/geometry", self.saveGeometry())
         self.memory_timer.stop()
+        self.probe_timer.stop()
+        self.watcher.stop()
+        self.library_panel.shutdown()
         for panel in self.panels():
             panel.shutdown()  # stops cleanly: a training run leaves its checkpoint
         super().closeEvent(event)

@@ -2,7 +2,8 @@
 
 Shows the hardware doctor's verdict, prepares the default base model with a progress bar, offers a
 route to a bigger base model, and starts the sample-dataset demo. All work runs in background
-jobs; this page only displays results. Knows nothing about how training or conversion work.
+jobs; this page only displays results, and announces a base model it converted or downloaded on the
+app's ChangeNotifier. Knows nothing about how training or conversion work.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.core.changes import Changes
 from studio.core.paths import DataDir
 from studio.core.progress import StageProgress
 from studio.core.train.demo import SAMPLE_DATASET
+from studio.gui.changes import ChangeNotifier
 from studio.gui.recent_folders import last_folder, remember_folder
 from studio.gui.workers import start_job
 
@@ -47,9 +50,9 @@ class WelcomePage(QWidget):
     dismissed = Signal()
     default_model_ready = Signal(Path)
 
-    def __init__(self, data: DataDir, parent: QWidget | None = None) -> None:
+    def __init__(self, data: DataDir, changes: ChangeNotifier, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.data = data
+        self.data, self.changes = data, changes
         title = QLabel("<h1>Welcome to LoRA Studio</h1>"
                        "<p>Train small adapters that teach your local chat model new facts, styles and "
                        "skills, then compare them side by side.</p>")
@@ -139,8 +142,12 @@ class WelcomePage(QWidget):
         self.prepare_button.setEnabled(False)
         self.model_label.setText("Converting SmolLM2-135M-Instruct (once; about 20 s on a CPU)…")
         start_job(lambda emit: ensure_default_model(self.data, progress=emit),
-                  on_event=self._conversion_progress, on_done=self._model_ready,
+                  on_event=self._conversion_progress, on_done=self._converted,
                   on_error=self._conversion_failed, parent=self)
+
+    def _converted(self, path: Path) -> None:
+        self._model_ready(path)
+        self.changes.announce(Changes(base_models_added={Path(path).name}))
 
     def _conversion_progress(self, event: StageProgress) -> None:
         self.model_progress.setValue(int((event.fraction or 0) * 100))
@@ -184,6 +191,10 @@ class WelcomePage(QWidget):
         self.bigger_status.setText(f"Downloading {repo_id}…")
         start_job(lambda emit: download_base_model(repo_id.strip(), self.data, progress=emit),
                   on_event=lambda event: self.bigger_status.setText(event.message),
-                  on_done=lambda info: (self.bigger_status.setText(f"Downloaded {info.id}."),
-                                        self.base_model_chosen.emit(str(info.path))),
+                  on_done=self._downloaded,
                   on_error=lambda err, details: self.bigger_status.setText(str(err)), parent=self)
+
+    def _downloaded(self, info) -> None:
+        self.bigger_status.setText(f"Downloaded {info.id}.")
+        self.changes.announce(Changes(base_models_added={Path(info.path).name}))
+        self.base_model_chosen.emit(str(info.path))

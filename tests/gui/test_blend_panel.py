@@ -37,10 +37,10 @@ def library(studio_home, tiny_base_dir, adapter_folders):
 
 
 @pytest.fixture
-def panel(qtbot, studio_home, library):
+def panel(qtbot, studio_home, library, changes):
     from studio.gui.blend.panel import BlendPanel
 
-    widget = BlendPanel(studio_home)
+    widget = BlendPanel(studio_home, changes)
     qtbot.addWidget(widget)
     widget.resize(1000, 640)
     qtbot.waitUntil(lambda: not widget.busy() and widget.parents.table.rowCount() == 4, timeout=20_000)
@@ -54,7 +54,7 @@ def ids(library) -> dict[str, str]:
     return {e.name: e.id for e in library.list()}
 
 
-def test_preview_then_save_records_the_recipe(qtbot, panel, library):
+def test_preview_then_save_records_the_recipe(qtbot, panel, library, changes):
     panel.set_parents({"alpha": 1.0, "beta": -0.5})
     assert panel.chosen_weights() == {ids(library)["alpha"]: 1.0, ids(library)["beta"]: -0.5}
     assert panel.method_combo.currentData() == "exact"
@@ -74,18 +74,19 @@ def test_preview_then_save_records_the_recipe(qtbot, panel, library):
 
     panel.name_edit.setText("alpha-minus-beta")
     panel.tags_edit.setText("blend, test")
-    with qtbot.waitSignal(panel.adapter_created, timeout=60_000) as created:
+    with qtbot.waitSignal(changes.changed, timeout=60_000) as created:
         panel.save_button.click()
     qtbot.waitUntil(lambda: not panel.busy(), timeout=20_000)
     assert panel.work.blended is blended  # saved the previewed blend, not a new one
-    entry = library.get(created.args[0])
+    (saved,) = created.args[0].adapters_added
+    entry = library.get(saved)
     assert entry.name == "alpha-minus-beta" and entry.manifest.source == "blend"
     assert entry.manifest.tags == ["blend", "test"]
     recipe = entry.manifest.lineage.recipe
     assert recipe["parents"] == [ids(library)["alpha"], ids(library)["beta"]]
     assert recipe["weights"] == [1.0, -0.5] and recipe["method"] == "exact" and recipe["exact"] is True
     assert entry.manifest.rank == 8
-    assert panel.parents.table.rowCount() == 5
+    qtbot.waitUntil(lambda: panel.parents.table.rowCount() == 5, timeout=20_000)  # re-read from the notice
 
     # Remake from recipe: pick the saved blend, load its recipe into a cleared form.
     panel.set_parents({})
@@ -99,13 +100,13 @@ def test_preview_then_save_records_the_recipe(qtbot, panel, library):
     assert panel.name_edit.text() == "alpha-minus-beta-remake"
 
 
-def test_parents_chosen_before_the_list_loads(qtbot, studio_home, library):
+def test_parents_chosen_before_the_list_loads(qtbot, studio_home, library, changes):
     from studio.gui.blend.panel import BlendPanel
 
-    early = BlendPanel(studio_home)
+    early = BlendPanel(studio_home, changes)
     qtbot.addWidget(early)
     early.set_parents({ids(library)["alpha"]: 0.5, "beta": 2.0, "gone": 1.0})
-    qtbot.waitUntil(lambda: not early.busy(), timeout=20_000)
+    qtbot.waitUntil(lambda: not early.reload.running, timeout=20_000)
     assert early.chosen_weights() == {ids(library)["alpha"]: 0.5, ids(library)["beta"]: 2.0}
     assert "Not in the library: gone" in early.status_label.text()
     assert early.name_edit.text() == "blend-alpha-beta" and early.preview_button.isEnabled()
@@ -190,5 +191,5 @@ def test_a_failing_blend_shows_an_error_and_the_panel_stays_usable(qtbot, panel,
     assert panel.status_label.text().startswith("Failed:")
     assert panel.preview_button.isEnabled() and panel.work.session is None
     panel.refresh()
-    qtbot.waitUntil(lambda: not panel.busy(), timeout=20_000)
+    qtbot.waitUntil(lambda: not panel.reload.running, timeout=20_000)
     assert panel.chosen_weights() == {ids(library)["alpha"]: 1.0}  # beta is no longer usable

@@ -55,10 +55,11 @@ def library(studio_home, printable_base, adapter_folders):
     return {name: lib.import_path(folder, name=name).id for name, folder in adapter_folders.items()}
 
 
-def make_panel(qtbot, studio_home, seed: int = SEED):
+def make_panel(qtbot, studio_home, seed: int = SEED, changes=None):
+    from studio.gui.changes import ChangeNotifier
     from studio.gui.chat.panel import ChatPanel
 
-    panel = ChatPanel(studio_home, rng=random.Random(seed))
+    panel = ChatPanel(studio_home, changes or ChangeNotifier(), rng=random.Random(seed))
     panel.work.quant = "none"
     qtbot.addWidget(panel)
     panel.resize(1200, 760)

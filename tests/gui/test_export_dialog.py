@@ -26,13 +26,13 @@ def adapter_folder(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture
-def dialog(qtbot, studio_home, tiny_base_dir, adapter_folder, tmp_path):
+def dialog(qtbot, studio_home, tiny_base_dir, adapter_folder, tmp_path, changes):
     from studio.core.library.store import AdapterLibrary
     from studio.gui.library.export_dialog import ExportDialog
 
     shutil.copytree(tiny_base_dir, studio_home.models / "tiny-llama")
     entry = AdapterLibrary(studio_home).import_path(adapter_folder, name="Pirate Voice")
-    widget = ExportDialog(studio_home, entry.id)
+    widget = ExportDialog(studio_home, entry.id, changes)
     qtbot.addWidget(widget)
     widget.folder_edit.setText(str(tmp_path / "exports"))
     yield widget
@@ -143,16 +143,17 @@ def test_gguf_lora_export_is_read_back(qtbot, dialog, tmp_path):
     assert dialog.result_label.text().startswith("GGUF LoRA read back:")
 
 
-def test_resize_makes_a_smaller_library_adapter(qtbot, dialog, studio_home):
+def test_resize_makes_a_smaller_library_adapter(qtbot, dialog, studio_home, changes):
     pytest.importorskip("studio.ml.blend.resize")
     from studio.core.library.store import AdapterLibrary
 
     pick(dialog, "resize")
     assert not dialog.folder_row.isVisibleTo(dialog) and dialog.rank_spin.isVisibleTo(dialog)
     assert dialog.rank_spin.maximum() == 3 and dialog.name_edit.text() == "Pirate Voice r2"
-    with qtbot.waitSignal(dialog.adapter_created, timeout=60_000) as created:
+    with qtbot.waitSignal(changes.changed, timeout=60_000) as created:
         run(qtbot, dialog)
-    entry = AdapterLibrary(studio_home).get(created.args[0])
+    (made,) = created.args[0].adapters_added
+    entry = AdapterLibrary(studio_home).get(made)
     assert entry.name == "Pirate Voice r2" and entry.manifest.rank == 2
     assert "rank 4 → 2" in dialog.result_label.text() and "energy kept" in dialog.result_label.text()
 

@@ -24,10 +24,11 @@ def library_with_adapter(studio_home, tiny_base_dir: Path, tmp_path):
     return library, entry, adapter
 
 
-def make_panel(qtbot, studio_home):
+def make_panel(qtbot, studio_home, changes=None):
+    from studio.gui.changes import ChangeNotifier
     from studio.gui.library.panel import LibraryPanel
 
-    panel = LibraryPanel(studio_home)
+    panel = LibraryPanel(studio_home, changes or ChangeNotifier())
     qtbot.addWidget(panel)
     qtbot.waitUntil(lambda: panel.table.rowCount() == len(AdapterLibrary(studio_home).list()), timeout=10_000)
     return panel

@@ -109,10 +109,10 @@ def home(trained_home: DataDir, tmp_path: Path) -> DataDir:
 
 
 @pytest.fixture
-def browser(qtbot, home):
+def browser(qtbot, home, changes):
     from studio.gui.train.run_browser import RunBrowser
 
-    widget = RunBrowser(home)
+    widget = RunBrowser(home, changes)
     qtbot.addWidget(widget)
     widget.resize(1100, 700)
     widget.show()
@@ -214,10 +214,10 @@ def test_the_settings_diff_shows_exactly_the_differing_fields(browser, home):
     assert "4 setting(s) differ" in browser.diff_label.text()
 
 
-def test_an_interrupted_run_is_resumable_and_resume_continues_it(qtbot, home):
+def test_an_interrupted_run_is_resumable_and_resume_continues_it(qtbot, home, changes):
     from studio.gui.train.panel import TrainPanel
 
-    panel = TrainPanel(home)
+    panel = TrainPanel(home, changes)
     qtbot.addWidget(panel)
     qtbot.waitUntil(lambda: panel.browser.runs is not None, timeout=10_000)
     browser = panel.browser
@@ -248,7 +248,7 @@ def test_an_interrupted_run_is_resumable_and_resume_continues_it(qtbot, home):
     panel.shutdown()
 
 
-def test_a_run_another_process_is_training_is_not_offered_for_resume(qtbot, home, tmp_path):
+def test_a_run_another_process_is_training_is_not_offered_for_resume(qtbot, home, tmp_path, changes):
     """A second window or the CLI training a run: the browser says running, and a resume is refused."""
     from studio.core.errors import StudioError
     from studio.gui.train.run_browser import RunBrowser
@@ -257,7 +257,7 @@ def test_a_run_another_process_is_training_is_not_offered_for_resume(qtbot, home
     killed = run_of(home, "killed")
     assert RunDir(killed).holder_file.is_file()  # the SIGKILLed trainer could not remove it: stale
     with held_by_another_process(killed):
-        widget = RunBrowser(home)
+        widget = RunBrowser(home, changes)
         qtbot.addWidget(widget)
         with qtbot.waitSignal(widget.loaded, timeout=10_000):
             widget.refresh()
@@ -270,22 +270,26 @@ def test_a_run_another_process_is_training_is_not_offered_for_resume(qtbot, home
     assert widget.run(killed.name).status == "interrupted"  # its holder is gone: resumable again
 
 
-def test_opening_the_runs_tab_lists_runs_trained_elsewhere(qtbot, home):
+def test_a_run_trained_elsewhere_shows_up_in_the_runs_tab(qtbot, home, changes):
+    """The CLI (here: the same function in this process) trains while the panel is open; the watch on the
+    data directory announces the new run and the browser lists it, with no refresh button."""
+    from studio.gui.changes import DataDirWatcher
     from studio.gui.train.panel import TrainPanel
     from studio.ml.train.run import run_training
 
-    panel = TrainPanel(home)
+    panel = TrainPanel(home, changes)
     qtbot.addWidget(panel)
     qtbot.waitUntil(lambda: panel.browser.runs is not None, timeout=10_000)
     assert len(panel.browser.runs) == 3
+    watcher = DataDirWatcher(home, changes)
     folder = Path(RunDir(run_of(home, "rank 4")).read_config()["data_folder"])
     assert run_training(tiny_config(folder, adapter_name="from the cli", max_steps=2), home).status == "finished"
-    panel.tabs.setCurrentWidget(panel.browser)
     qtbot.waitUntil(lambda: "from the cli" in rows(panel.browser), timeout=10_000)
+    watcher.stop()
     panel.shutdown()
 
 
-def test_a_checkpoint_the_user_picks_is_saved_to_the_library(qtbot, home, monkeypatch):
+def test_a_checkpoint_the_user_picks_is_saved_to_the_library(qtbot, home, monkeypatch, changes):
     """Not only the best one: the user picks a kept checkpoint of a finished run and gets a new adapter."""
     from PySide6.QtWidgets import QInputDialog
 
@@ -293,7 +297,7 @@ def test_a_checkpoint_the_user_picks_is_saved_to_the_library(qtbot, home, monkey
     from studio.core.train import checkpoints
     from studio.gui.train.run_browser import RunBrowser
 
-    widget = RunBrowser(home)
+    widget = RunBrowser(home, changes)
     qtbot.addWidget(widget)
     with qtbot.waitSignal(widget.loaded, timeout=10_000):
         widget.refresh()
@@ -311,10 +315,11 @@ def test_a_checkpoint_the_user_picks_is_saved_to_the_library(qtbot, home, monkey
     monkeypatch.setattr(QInputDialog, "getItem", pick_the_first)
     library = AdapterLibrary(home)
     before = {entry.id for entry in library.list()}
-    with qtbot.waitSignal(widget.adapter_created, timeout=20_000) as created:
+    with qtbot.waitSignal(changes.changed, timeout=20_000) as created:
         widget.save_checkpoint_button.click()
     assert [label.split()[1] for label in offered[0]] == [str(step) for step in kept] and len(kept) >= 2
-    entry = library.get(created.args[0])
+    (saved,) = created.args[0].adapters_added
+    entry = library.get(saved)
     assert entry.id not in before and entry.manifest.lineage.recipe == {
         "kind": "checkpoint", "run_id": finished.name, "step": kept[0]}
     assert "Saved as" in widget.hint.text() and widget.save_checkpoint_button.isEnabled()

@@ -56,21 +56,21 @@ def of(events, cls) -> list:
 
 
 @pytest.fixture
-def panel(qtbot, library_home):
+def panel(qtbot, library_home, changes):
     from studio.gui.train.panel import TrainPanel
 
-    widget = TrainPanel(library_home)
+    widget = TrainPanel(library_home, changes)
     qtbot.addWidget(widget)
     qtbot.waitUntil(lambda: widget.browser.runs is not None)
     yield widget
     widget.shutdown()
 
 
-def test_wizard_to_a_finished_run_fills_the_dashboard(qtbot, panel, library_home, math_folder):
+def test_wizard_to_a_finished_run_fills_the_dashboard(qtbot, panel, library_home, math_folder, changes):
     QSettings().setValue(BASE_MODEL_KEY, "tiny-llama")
     created: list[str] = []
     compared: list[str] = []
-    panel.adapter_created.connect(created.append)
+    changes.changed.connect(lambda c: created.extend(c.adapters_added))
     panel.compare_requested.connect(compared.append)
     wizard = panel.start_wizard(math_folder)
     data_page, settings = wizard.data_page, wizard.settings_page
@@ -123,9 +123,8 @@ def test_wizard_to_a_finished_run_fills_the_dashboard(qtbot, panel, library_home
     # A second run with another rank; the browser overlays both and diffs their settings.
     with qtbot.waitSignal(panel.run_finished, timeout=RUN_TIMEOUT_MS):
         panel.start_run(tiny_config(math_folder, rank=8, alpha=16.0, adapter_name="math r8"))
-    qtbot.waitUntil(lambda: panel.browser.runs is not None and len(panel.browser.runs) == 2)
-    browser = panel.browser
-    assert [r.status for r in browser.runs] == ["finished", "finished"]
+    browser = panel.browser  # it listed the run when it started, and again when it finished
+    qtbot.waitUntil(lambda: [r.status for r in browser.runs or []] == ["finished", "finished"], timeout=10_000)
     browser.select([r.run_id for r in browser.runs])
     assert len(browser.overlay.curves) == 2
     diff = {browser.diff.item(row, 0).text(): (browser.diff.item(row, 1).text(), browser.diff.item(row, 2).text())
@@ -170,7 +169,7 @@ def test_a_failed_run_shows_its_error_and_the_panel_stays_usable(qtbot, panel, m
     box.close()
 
 
-def test_an_interrupted_run_is_offered_after_a_restart(qtbot, panel, library_home, math_folder):
+def test_an_interrupted_run_is_offered_after_a_restart(qtbot, panel, library_home, math_folder, changes):
     from studio.gui.train.panel import TrainPanel
 
     with qtbot.waitSignal(panel.run_finished, timeout=RUN_TIMEOUT_MS) as paused:
@@ -183,7 +182,7 @@ def test_an_interrupted_run_is_offered_after_a_restart(qtbot, panel, library_hom
     assert json.loads(lines[-1])["type"] == "stopped"
     path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
 
-    restarted = TrainPanel(library_home)
+    restarted = TrainPanel(library_home, changes)
     qtbot.addWidget(restarted)
     qtbot.waitUntil(lambda: restarted.browser.runs is not None)
     assert [r.status for r in restarted.browser.runs] == ["interrupted"]

@@ -4,8 +4,9 @@ The widget only: the adapter table, the method knobs, the preview and save boxes
 Cancel. The form is checked live (studio.gui.blend.work.describe_check, headers only, no torch), so
 a refusal and the methods that would work show before anything loads. Preview and Save run
 studio.gui.blend.work.BlendWork in a worker, which keeps the loaded parents while the chosen
-adapters stay the same and re-blends only when the recipe changed; Cancel is cooperative.
-Knows nothing about how peft blends, how the library stores adapters, or studio.ml.
+adapters stay the same and re-blends only when the recipe changed; Cancel is cooperative. A saved
+blend is announced on the app's ChangeNotifier; the adapter list re-reads itself from every notice
+that touches adapters. Knows nothing about how peft blends, how the library stores adapters, or studio.ml.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from studio.core.blend.checks import (
     AdapterFacts,
     BlendPlan,
 )
+from studio.core.changes import Changes
 from studio.core.errors import StudioError
 from studio.core.library.store import AdapterLibrary
 from studio.core.paths import DataDir
@@ -49,6 +51,7 @@ from studio.gui.blend.work import (
     knobs,
     parse_tags,
 )
+from studio.gui.changes import ChangeNotifier, Reload
 from studio.gui.error_dialog import show_error
 from studio.gui.workers import start_job
 
@@ -78,15 +81,15 @@ def _layout(layout, *items):
 
 
 class BlendPanel(QWidget):
-    """Blend two or more adapters; `adapter_created(id)` after a blend is saved to the library."""
+    """Blend two or more adapters; a blend saved to the library is announced as an adapter added."""
 
-    adapter_created = Signal(str)
     refreshed = Signal(int)  # after the adapter list reloads, with the count
 
-    def __init__(self, data: DataDir, parent: QWidget | None = None) -> None:
+    def __init__(self, data: DataDir, changes: ChangeNotifier, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.data = data
+        self.data, self.changes = data, changes
         self.library = AdapterLibrary(data)
+        self.reload = Reload(self, lambda: Catalog.load(self.library), self._fill, self._list_failed)
         self.plan: BlendPlan | None = None
         self.work = BlendWork(self.library, data)
         self._jobs = 0
@@ -95,11 +98,10 @@ class BlendPanel(QWidget):
         self._auto_name = ""
         self.last_error = None  # the last error box, for tests and screenshots
 
-        refresh_button = QPushButton("Refresh", clicked=self.refresh)
         self.remake_button = QPushButton("Remake from recipe", toolTip="Load the selected blend's recipe "
                                          "(parents, weights, method) to tweak it.",
                                          clicked=lambda: self.load_recipe(self.parents.current_id() or ""))
-        self.parents = ParentsTable(refresh_button)
+        self.parents = ParentsTable()
         self.parents.chosen_changed.connect(self._selection_changed)
         self.parents.weight_changed.connect(self.update_check)
         self.parents.current_changed.connect(self._update_remake)
@@ -152,13 +154,22 @@ class BlendPanel(QWidget):
             signal.connect(self.update_check)
         self._method_changed()
         self.method_combo.currentIndexChanged.connect(self._method_changed)
+        changes.changed.connect(self._changed)
         self.refresh()
 
     # ------------------------------------------------------------------ the adapter list
 
     def refresh(self) -> None:
         """Reload the adapters and their blend facts (headers only) in a worker."""
-        self._start(lambda emit: Catalog.load(self.library), self._fill)
+        self.reload.start()
+
+    def _changed(self, changes: Changes) -> None:
+        if changes.adapters:
+            self.refresh()
+
+    def _list_failed(self, err: BaseException, details: str) -> None:
+        self.status_label.setText(f"Could not read the library: {getattr(err, 'message', err)}")
+        self.last_error = show_error(self, err, details)
 
     def _fill(self, catalog: Catalog) -> None:
         keep = {**self.chosen_weights(), **(self._pending or {})}
@@ -195,8 +206,8 @@ class BlendPanel(QWidget):
 
     def set_parents(self, weights: dict[str, float]) -> None:
         """Tick these adapters (ids or names) with these weights, untick the others."""
-        if not self.catalog.entries and self._jobs:
-            self._pending = dict(weights)  # the list is still loading; applied by _fill
+        if self.reload.running:
+            self._pending = dict(weights)  # the list is being read; applied by _fill
             return
         self._say_missing(self.parents.choose(weights))
 
@@ -325,8 +336,7 @@ class BlendPanel(QWidget):
         if outcome.answer is not None:
             self.answer_view.setPlainText(outcome.answer or "(empty answer)")
         if outcome.saved_id:
-            self.adapter_created.emit(outcome.saved_id)
-            self.refresh()
+            self.changes.announce(Changes(adapters_added={outcome.saved_id}))
         self.status_label.setText(outcome.describe())
         self.update_check()
 

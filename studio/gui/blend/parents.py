@@ -35,7 +35,7 @@ class ParentsTable(QWidget):
     weight_changed = Signal()  # a ticked adapter's weight
     current_changed = Signal()  # the highlighted row
 
-    def __init__(self, refresh_button: QWidget, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.catalog = Catalog()  # the adapter list as last loaded, with each one's blend facts
         self.base_combo = QComboBox(currentIndexChanged=self._filter_base)
@@ -55,7 +55,6 @@ class ParentsTable(QWidget):
         base_row = QHBoxLayout()
         base_row.addWidget(QLabel("Base model"))
         base_row.addWidget(self.base_combo, 1)
-        base_row.addWidget(refresh_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(base_row)

@@ -4,7 +4,7 @@
 `panes`, `splitter`, `records`, `rng`, `settings_bar`, `vote_bar`, the buttons, `base_id()` /
 `base_key()` / `choices()`, and the state attributes set in its __init__. Two to four panes; blind
 mode keeps two and shuffles their bindings into A and B with `rng` (studio.core.chat.ratings); a vote
-goes to studio.db (studio.core.chat.records) and reveals the names; a session (panes, settings,
+goes to studio.db (studio.core.chat.records), is announced and reveals the names; a session (panes, settings,
 messages) is reopened from the database; transcripts render as Markdown or JSON.
 
 Knows nothing about the chat engine or workers.
@@ -18,6 +18,7 @@ from typing import Any
 from PySide6.QtWidgets import QApplication, QFileDialog
 
 from studio.core.atomic import write_text
+from studio.core.changes import Changes
 from studio.core.chat.ratings import blind_assignment, winner_code
 from studio.core.errors import StudioError
 from studio.gui.chat.controls import VOTES
@@ -111,7 +112,7 @@ class ComparisonMixin:
 
     def open_comparison(self, refs: list[str], blind: bool = False) -> None:
         """Bind the panes to these adapters (ids or names, or "base"); one ref is compared with the base."""
-        if not self.entries and self.refreshing:
+        if self.refreshing:  # the list is being re-read (a notice said it changed): bind once it is in
             self._pending = (list(refs), blind)
             return
         if self.engine_job:
@@ -184,7 +185,7 @@ class ComparisonMixin:
             self.records.update_session(self.session_id, settings=self._session_settings())
         self.vote_bar.show_result(f"Saved: {dict(VOTES)[choice]}. A was {a_pane.display_name()}, B was {b_pane.display_name()}.")
         self._retitle()
-        self.leaderboard.refresh(self.base_key())
+        self.changes.announce(Changes(votes_cast=1))
 
     # ------------------------------------------------------------ sessions and transcripts
 

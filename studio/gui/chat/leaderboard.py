@@ -3,7 +3,8 @@
 `LeaderboardView` ranks the adapters (and the base) of one base model from the A/B votes in
 studio.db: Bradley-Terry rating on the Elo scale with its 95% bootstrap interval, win rate with its
 Wilson interval, wins / losses / ties and the number of votes (studio.core.chat.records + ratings). The
-ratings are computed in a worker. `SessionsView` lists the saved chat sessions to reopen or delete.
+ratings are computed in a worker, again after every notice of votes cast, adapters (their names) or
+base models changed. `SessionsView` lists the saved chat sessions to reopen or delete.
 
 Knows nothing about models or the chat engine.
 """
@@ -28,11 +29,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.core.changes import Changes
 from studio.core.chat.ratings import Rating
 from studio.core.chat.records import Records
 from studio.core.paths import DataDir
+from studio.gui.changes import ChangeNotifier, Reload
 from studio.gui.error_dialog import show_error
-from studio.gui.workers import start_job
 
 COLUMNS = ["#", "Adapter", "Rating", "95% CI", "Win rate", "W / L / T", "Votes"]
 
@@ -63,17 +65,16 @@ def _board(data: DataDir, records: Records, wanted: str | None) -> Board:
 class LeaderboardView(QWidget):
     """Ratings per base model. `refresh(base)` recomputes them in a worker."""
 
-    def __init__(self, data: DataDir, records: Records, parent: QWidget | None = None) -> None:
+    def __init__(self, data: DataDir, records: Records, changes: ChangeNotifier, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.data, self.records = data, records
         self.ratings: list[Rating] = []
         self.base: str | None = None
-        self._jobs = 0
+        self.wanted: str | None = None  # the base to show, read by the worker when it starts
         self._closing = False
+        self.reload = Reload(self, lambda: _board(self.data, self.records, self.wanted), self._show, self._failed)
         self.base_combo = QComboBox(minimumContentsLength=20)
         self.base_combo.activated.connect(lambda _: self.refresh(self.base_combo.currentData()))
-        self.refresh_button = QPushButton("Refresh")
-        self.refresh_button.clicked.connect(lambda: self.refresh(self.base_combo.currentData()))
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().hide()
@@ -87,29 +88,31 @@ class LeaderboardView(QWidget):
         top = QHBoxLayout()
         top.addWidget(QLabel("Base model:"))
         top.addWidget(self.base_combo, 1)
-        top.addWidget(self.refresh_button)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.note)
+        changes.changed.connect(self._changed)
 
     def busy(self) -> bool:
-        return self._jobs > 0
+        return self.reload.running
 
     def refresh(self, base: str | None = None) -> None:
+        """Recompute the ratings of `base` (default: the one shown) in a worker."""
         if self._closing:
             return
-        self._jobs += 1
-        start_job(lambda emit: _board(self.data, self.records, base or self.base), on_done=self._show,
-                  on_error=self._failed, parent=self)
+        self.wanted = base or self.base
+        self.reload.start()
+
+    def _changed(self, changes: Changes) -> None:
+        if changes.votes_cast or changes.adapters or changes.base_models:
+            self.refresh()
 
     def _failed(self, err: BaseException, details: str) -> None:
-        self._jobs -= 1
         if not self._closing:
             show_error(self, err, details)
 
     def _show(self, board: Board) -> None:
-        self._jobs -= 1
         if self._closing:
             return
         self.base, self.ratings = board.base, board.ratings

@@ -8,6 +8,8 @@ mode the two panes are shuffled into A and B (`rng`, injectable for tests); the 
 studio.db and the names are revealed. Sessions are saved as the user chats and can be reopened;
 transcripts copy or export as Markdown or JSON. Panes, blind draws, votes, sessions and transcripts
 live in studio.gui.chat.compare; the Prompt sets, Leaderboard and Sessions tabs in their own modules.
+The adapters the panes offer and the base models are re-read after every notice of the app's
+ChangeNotifier that touches them (a run, a blend, an import, a delete, the CLI); votes are announced.
 
 Imports studio.ml only inside worker functions. Knows nothing about how answers are generated.
 """
@@ -35,9 +37,11 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.basemodels import DEFAULT_BASE_ID
+from studio.core.changes import Changes
 from studio.core.chat.records import Records
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
+from studio.gui.changes import ChangeNotifier, Reload
 from studio.gui.chat.compare import MIN_PANES, ComparisonMixin, fits
 from studio.gui.chat.controls import SettingsBar, VoteBar
 from studio.gui.chat.leaderboard import LeaderboardView, SessionsView
@@ -71,13 +75,15 @@ def scan(data: DataDir) -> tuple[list, list[tuple[str, str]]]:
 
 
 class ChatPanel(ComparisonMixin, QWidget):
-    adapter_created = Signal(str)  # the panel contract; chatting makes no adapters (Open in Blend does)
     blend_requested = Signal(dict)  # {adapter id: weight} from a pane's live sliders
     answer_finished = Signal(int)  # pane index
 
-    def __init__(self, data: DataDir, parent: QWidget | None = None, *, rng: random.Random | None = None) -> None:
+    def __init__(self, data: DataDir, changes: ChangeNotifier, parent: QWidget | None = None, *,
+                 rng: random.Random | None = None) -> None:
         super().__init__(parent)
         self.data, self.records, self.rng = data, Records(data.database), rng or random.Random()
+        self.changes = changes
+        self.reload = Reload(self, lambda: scan(self.data), self._fill, self._refresh_failed)
         self.work = ChatWork(data)
         self.entries: list = []
         self.bases: dict[str, str] = {}  # base id -> fingerprint ("" until known)
@@ -87,7 +93,6 @@ class ChatPanel(ComparisonMixin, QWidget):
         self.session_id: str | None = None
         self.last_prompt = ""
         self.engine_job: str | None = None  # "chat" | "set" while the engine works
-        self.refreshing = False
         self._idle = threading.Event()
         self._idle.set()
         self._closing = False
@@ -145,11 +150,10 @@ class ChatPanel(ComparisonMixin, QWidget):
         chat_layout.addWidget(self.vote_bar)
         chat_layout.addLayout(ask_row)
 
-        self.prompt_sets = PromptSetView(self.records, self.rng)
+        self.prompt_sets = PromptSetView(self.records, self.rng, changes)
         self.prompt_sets.run_requested.connect(self.run_prompt_set)
         self.prompt_sets.stop_requested.connect(self.stop_all)
-        self.leaderboard = LeaderboardView(data, self.records)
-        self.prompt_sets.voted.connect(lambda: self.leaderboard.refresh(self.base_key()))
+        self.leaderboard = LeaderboardView(data, self.records, changes)
         self.sessions = SessionsView(self.records)
         self.sessions.open_requested.connect(self.open_session)
         self.tabs = QTabWidget()
@@ -163,22 +167,29 @@ class ChatPanel(ComparisonMixin, QWidget):
         layout.addWidget(self.tabs, 1)
         for _ in range(MIN_PANES):
             self.add_pane()
+        changes.changed.connect(self._changed)
         self.refresh()
 
     # ------------------------------------------------------------ library and bases
 
     def refresh(self) -> None:
         """Re-read the library and the base models (in a worker)."""
-        self.refreshing = True
-        start_job(lambda emit: scan(self.data), on_done=self._fill, on_error=self._refresh_failed, parent=self)
+        if not self._closing:
+            self.reload.start()
+
+    @property
+    def refreshing(self) -> bool:
+        return self.reload.running
+
+    def _changed(self, changes: Changes) -> None:
+        if changes.adapters or changes.base_models:
+            self.refresh()
 
     def _refresh_failed(self, err: BaseException, details: str) -> None:
-        self.refreshing = False
         if not self._closing:
             show_error(self, err, details)
 
     def _fill(self, result: tuple[list, list[tuple[str, str]]]) -> None:
-        self.refreshing = False
         if self._closing:
             return
         self.entries, bases = result
@@ -223,7 +234,8 @@ class ChatPanel(ComparisonMixin, QWidget):
     # ------------------------------------------------------------ asking
 
     def busy(self) -> bool:
-        return bool(self.engine_job) or self.refreshing or self.leaderboard.busy()
+        """Generating (re-reading the library is not work to ask about before closing)."""
+        return bool(self.engine_job)
 
     def _send_clicked(self) -> None:
         if self.ask(self.prompt_edit.toPlainText()):

@@ -4,7 +4,8 @@ A prompt set is saved in studio.db (studio.core.chat.records). "Run set" asks th
 `run_requested`) to put every prompt through two sides (adapters or the base) in one batch each;
 answers arrive one prompt at a time (`add_result`). The user steps through them: each pair is
 shown blind, A and B in a random order drawn from an injectable `random.Random`, and a vote (A, B,
-tie, both bad) is stored and the names revealed before moving on to the next unvoted pair.
+tie, both bad) is stored (and announced on the app's ChangeNotifier) and the names revealed before
+moving on to the next unvoted pair.
 
 Knows nothing about the chat engine or workers; the panel runs the set.
 """
@@ -28,9 +29,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.core.changes import Changes
 from studio.core.chat.ratings import blind_assignment, winner_code
 from studio.core.chat.records import Records
 from studio.core.errors import StudioError
+from studio.gui.changes import ChangeNotifier
 from studio.gui.error_dialog import show_error
 
 CHOICES = (("A", "A is better"), ("B", "B is better"), ("tie", "Tie"), ("both_bad", "Both bad"))
@@ -48,11 +51,11 @@ class PairResult:
 class PromptSetView(QWidget):
     run_requested = Signal(list, str, str)  # prompts, side A ref, side B ref
     stop_requested = Signal()
-    voted = Signal()
 
-    def __init__(self, records: Records, rng: random.Random, parent: QWidget | None = None) -> None:
+    def __init__(self, records: Records, rng: random.Random, changes: ChangeNotifier,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.records, self.rng = records, rng
+        self.records, self.rng, self.changes = records, rng, changes
         self.names: dict[str, str] = {"base": "Base model"}
         self.results: list[PairResult] = []
         self.current = -1
@@ -240,7 +243,7 @@ class PromptSetView(QWidget):
         pair.vote = choice
         self.reveal.setText(f"Prompt {self.current + 1}: A was {self.names.get(a, a)}, B was {self.names.get(b, b)}"
                             f" — you voted: {dict(CHOICES)[choice]}.")
-        self.voted.emit()
+        self.changes.announce(Changes(votes_cast=1))
         following = next((i for i in range(self.current + 1, len(self.results)) if not self.results[i].vote), None)
         self.show_pair(following if following is not None else self.current)
 

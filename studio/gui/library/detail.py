@@ -1,7 +1,8 @@
 """The Library's detail pane: one adapter's manifest made readable, its loss curve, lineage and notes.
 
 Shows an AdapterEntry from studio.core.library.store and edits only what the library lets a user edit
-(name, tags, notes), through the library's own methods. Actions that belong to other panels (chat,
+(name, tags, notes), through the library's own methods; each edit is announced on the app's
+ChangeNotifier, so the table and every other screen re-read it. Actions that belong to other panels (chat,
 compare, continue training, export) are signals; the main window routes them. Knows nothing about
 training or chat.
 """
@@ -31,10 +32,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.core.changes import Changes
 from studio.core.library.store import AdapterEntry, AdapterLibrary
 from studio.core.paths import DataDir
 from studio.core.train.events import Eval, Step, read_events
 from studio.core.train.run_dir import RunDir
+from studio.gui.changes import ChangeNotifier
 from studio.gui.error_dialog import show_error
 
 THUMBNAIL_HEIGHT = 140
@@ -70,18 +73,18 @@ def loss_series(metrics_path: Path) -> tuple[list[tuple[int, float]], list[tuple
 
 
 class AdapterDetail(QWidget):
-    """Detail of the selected adapter; `changed(id)` after an edit so the table reloads."""
+    """Detail of the selected adapter; an edit is announced as `Changes(adapters_edited={id})`."""
 
-    changed = Signal(str)
     chat_requested = Signal(str)
     compare_requested = Signal(str)
     continue_requested = Signal(str)
     export_requested = Signal(str)
 
-    def __init__(self, data: DataDir, library: AdapterLibrary, parent: QWidget | None = None) -> None:
+    def __init__(self, data: DataDir, library: AdapterLibrary, changes: ChangeNotifier,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.data = data
-        self.library = library
+        self.library, self.changes = library, changes
         self.entry: AdapterEntry | None = None
 
         self.title = QLabel()
@@ -167,6 +170,14 @@ class AdapterDetail(QWidget):
     # ------------------------------------------------------------------ display
 
     def show_entry(self, entry: AdapterEntry | None) -> None:
+        """Show `entry`. When it is the one shown already (the list re-read after a notice), tags and
+        notes the user is typing and has not saved yet are kept."""
+        previous = self.entry
+        same = entry is not None and previous is not None and previous.id == entry.id
+        typed_tags = self.tags_edit.text() if same and self.tags_edit.text() != ", ".join(previous.manifest.tags) \
+            else None
+        typed_notes = self.notes_edit.toPlainText() if same and \
+            self.notes_edit.toPlainText() != previous.manifest.notes else None
         self.entry = entry
         self.placeholder.setVisible(entry is None)
         self.scroll.setVisible(entry is not None)
@@ -175,8 +186,9 @@ class AdapterDetail(QWidget):
         m = entry.manifest
         self.title.setText(f"<h2>{html.escape(m.name)}</h2><span style='color:gray'>{html.escape(entry.id)}</span>")
         self.facts.setText(self._facts_html(entry))
-        self.tags_edit.setText(", ".join(m.tags))
-        self.notes_edit.setPlainText(m.notes)
+        self.tags_edit.setText(typed_tags if typed_tags is not None else ", ".join(m.tags))
+        if typed_notes is None:
+            self.notes_edit.setPlainText(m.notes)
         self.raw.setPlainText(json.dumps(entry.to_dict(), indent=2, ensure_ascii=False))
         self.continue_button.setEnabled(m.source in ("trained", "imported", "inferred", "blend", "resize"))
         self._show_curve(m.hyperparameters.get("run_id") if isinstance(m.hyperparameters, dict) else None)
@@ -262,7 +274,7 @@ class AdapterDetail(QWidget):
             show_error(self, err)
             return
         self.show_entry(entry)
-        self.changed.emit(entry.id)
+        self.changes.announce(Changes(adapters_edited={entry.id}))
 
     def ask_rename(self) -> None:
         if self.entry is None:

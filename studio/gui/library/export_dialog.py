@@ -3,7 +3,8 @@
 The dialog only: it collects the format, precision and destination, shows the disk space the export
 needs and has, and runs studio.gui.library.export_formats.run_export in a worker with progress and a
 cooperative Cancel. The back end smoke-tests every export (GGUF files are read back instead); the
-dialog shows the probe prompt and the answer when done. The formats themselves are described in
+dialog shows the probe prompt and the answer when done; a smaller adapter it adds to the library is
+announced on the app's ChangeNotifier. The formats themselves are described in
 studio.gui.library.export_formats. Knows nothing about studio.ml or how merging and exporting work.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QSignalBlocker, Qt, Signal
+from PySide6.QtCore import QSettings, QSignalBlocker, Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -29,10 +30,12 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.basemodels import resolve_base_model
+from studio.core.changes import Changes
 from studio.core.errors import StudioError
 from studio.core.library.store import AdapterLibrary, slugify
 from studio.core.paths import DataDir
 from studio.core.progress import Cancelled, StageProgress
+from studio.gui.changes import ChangeNotifier
 from studio.gui.error_dialog import show_error
 from studio.gui.library.export_formats import (
     ExportOutcome,
@@ -55,15 +58,11 @@ def _label(min_height: int, style: str = "") -> QLabel:
 
 
 class ExportDialog(QDialog):
-    """Merge, export or shrink one library adapter. Work runs in a worker; closing while busy stops it.
+    """Merge, export or shrink one library adapter. Work runs in a worker; closing while busy stops it."""
 
-    `adapter_created(id)` fires when the dialog made a new library adapter (resize)."""
-
-    adapter_created = Signal(str)
-
-    def __init__(self, data: DataDir, adapter_id: str, parent: QWidget | None = None) -> None:
+    def __init__(self, data: DataDir, adapter_id: str, changes: ChangeNotifier, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.data = data
+        self.data, self.changes = data, changes
         self.library = AdapterLibrary(data)
         self.entry = self.library.get(adapter_id)
         self.adapter_id = self.entry.id
@@ -265,8 +264,8 @@ class ExportDialog(QDialog):
         self.status_label.setText(f"Done: {outcome.path}")
         self.result_label.setStyleSheet(OK_STYLE)
         self.result_label.setText(outcome.summary + "".join(f"\n• {w}" for w in outcome.warnings))
-        if outcome.adapter_id:
-            self.adapter_created.emit(outcome.adapter_id)
+        if outcome.adapter_id:  # "a smaller adapter" adds one to the library
+            self.changes.announce(Changes(adapters_added={outcome.adapter_id}))
         self._maybe_close()
 
     def _failed(self, err: BaseException, details: str) -> None:

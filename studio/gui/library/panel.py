@@ -1,7 +1,9 @@
 """The Library panel: a sortable, filterable table of adapters with import, export and delete.
 
 It shows what studio.core.library.store reports and calls its methods; listing and importing run off the
-GUI thread. The selected adapter's details live in gui.adapter_detail; actions that belong to other
+GUI thread. Each import, delete and restore is announced on the app's ChangeNotifier, and the list
+re-reads itself from every notice that touches adapters (whoever made the change, the CLI included).
+The selected adapter's details live in studio.gui.library.detail; actions that belong to other
 panels (chat, compare, continue training, export) are re-emitted as signals for the main window.
 Knows nothing about how adapters are validated or stored.
 """
@@ -27,8 +29,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.core.changes import Changes
 from studio.core.library.store import AdapterLibrary
 from studio.core.paths import DataDir
+from studio.gui.changes import ChangeNotifier, Reload
 from studio.gui.error_dialog import show_error
 from studio.gui.library.detail import AdapterDetail, human_bytes
 from studio.gui.recent_folders import last_folder, remember_folder
@@ -48,11 +52,13 @@ class LibraryPanel(QWidget):
     continue_requested = Signal(str)
     export_requested = Signal(str)
 
-    def __init__(self, data: DataDir, parent: QWidget | None = None) -> None:
+    def __init__(self, data: DataDir, changes: ChangeNotifier, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.data = data
+        self.data, self.changes = data, changes
         self.library = AdapterLibrary(data)
         self.entries: dict[str, object] = {}
+        self.reload = Reload(self, lambda: (self.library.list(), self.library.problems()), self._fill,
+                             self._show_error)
         self.setAcceptDrops(True)
 
         self.filter_edit = QLineEdit(placeholderText="Filter by name, base or tag…")
@@ -67,14 +73,12 @@ class LibraryPanel(QWidget):
         self.delete_button = QPushButton("Delete")
         self.delete_button.clicked.connect(self.delete_selected)
         self.delete_button.setShortcut("Del")
-        refresh_button = QPushButton("Refresh")
-        refresh_button.clicked.connect(self.refresh)
         self.trash_button = QPushButton("Trash…", toolTip="Deleted adapters, restorable until the trash is emptied")
         self.trash_button.clicked.connect(self.open_trash)
 
         toolbar = QHBoxLayout()
         toolbar.addWidget(self.filter_edit, 1)
-        for button in (import_button, self.export_button, self.delete_button, self.trash_button, refresh_button):
+        for button in (import_button, self.export_button, self.delete_button, self.trash_button):
             toolbar.addWidget(button)
 
         self.table = QTableWidget(0, len(COLUMNS))
@@ -89,8 +93,7 @@ class LibraryPanel(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.itemSelectionChanged.connect(self.show_selected)
 
-        self.detail = AdapterDetail(data, self.library)
-        self.detail.changed.connect(lambda adapter_id: self.refresh())
+        self.detail = AdapterDetail(data, self.library, changes)
         for name in ("chat_requested", "compare_requested", "continue_requested", "export_requested"):
             getattr(self.detail, name).connect(getattr(self, name).emit)
         self.empty_label = QLabel("The library is empty. Import an adapter (button or drag a folder or .zip "
@@ -125,13 +128,18 @@ class LibraryPanel(QWidget):
         layout.addWidget(splitter, 1)
         layout.addWidget(self.problems_label)
         layout.addWidget(self.undo_bar)
+        changes.changed.connect(self._changed)
         self.refresh()
 
     # ------------------------------------------------------------------ loading
 
     def refresh(self) -> None:
-        start_job(lambda emit: (self.library.list(), self.library.problems()),
-                  on_done=self._fill, on_error=self._show_error, parent=self)
+        """Re-read the library in a worker (the first time, and after each notice about adapters)."""
+        self.reload.start()
+
+    def _changed(self, changes: Changes) -> None:
+        if changes.adapters:
+            self.refresh()
 
     def _fill(self, result) -> None:
         entries, problems = result
@@ -206,7 +214,7 @@ class LibraryPanel(QWidget):
 
     def _imported(self, entry) -> None:
         self.pending_select = entry.id
-        self.refresh()
+        self.changes.announce(Changes(adapters_added={entry.id}))
         self.imported.emit(entry.id)
 
     def shutdown(self) -> None:
@@ -225,7 +233,7 @@ class LibraryPanel(QWidget):
         self.undo_label.setText(f"“{name}” was moved to the trash.")
         self.undo_bar.setVisible(True)
         self.undo_timer.start()
-        self.refresh()
+        self.changes.announce(Changes(adapters_deleted={adapter_id}))
 
     def undo_delete(self) -> None:
         """Bring back the adapter deleted last (it waits in the trash until the trash is emptied)."""
@@ -239,22 +247,22 @@ class LibraryPanel(QWidget):
                 show_error(self, err)
                 return
             self.pending_select = entry.id
-            self.refresh()
+            self.changes.announce(Changes(adapters_restored={entry.id}))
 
     def open_trash(self):
         """The trash as a dialog (returned for tests); a restored adapter is selected in the list."""
         from studio.gui.library.trash_dialog import TrashDialog
 
-        dialog = TrashDialog(self.library, self)
+        dialog = TrashDialog(self.library, self.changes, self)
         dialog.restored.connect(self._restored)
         dialog.open()
         return dialog
 
     def _restored(self, adapter_id: str) -> None:
+        """The trash dialog restored an adapter (and announces it): select it once the list has it."""
         self.undo_bar.setVisible(False)
         self.last_trash_id = None
         self.pending_select = adapter_id
-        self.refresh()
 
     def _show_error(self, err: BaseException, details: str) -> None:
         show_error(self, err, details)

@@ -2,7 +2,8 @@
 
 Lists AdapterLibrary.trash() (newest first) with when each was deleted and its size; Restore puts
 the selected one back under its original id, Empty trash deletes them all for good (after asking).
-`restored(adapter_id)` tells the library panel to refresh and select it. Knows nothing else.
+Both are announced on the app's ChangeNotifier, and the list re-reads itself from every notice that
+touches the trash. `restored(adapter_id)` lets the library panel select the adapter it gets back.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.core.changes import Changes
 from studio.core.library.store import AdapterLibrary
+from studio.gui.changes import ChangeNotifier
 from studio.gui.error_dialog import show_error
 from studio.gui.library.detail import human_bytes
 
@@ -41,9 +44,9 @@ def _when(iso: str) -> str:
 class TrashDialog(QDialog):
     restored = Signal(str)
 
-    def __init__(self, library: AdapterLibrary, parent: QWidget | None = None) -> None:
+    def __init__(self, library: AdapterLibrary, changes: ChangeNotifier, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.library = library
+        self.library, self.changes = library, changes
         self.setWindowTitle("Trash")
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.resize(560, 360)
@@ -68,7 +71,12 @@ class TrashDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(self.table, 1)
         layout.addLayout(buttons)
+        changes.changed.connect(self._changed)  # a bound slot: disconnected when the dialog is deleted
         self.refresh()
+
+    def _changed(self, changes: Changes) -> None:
+        if changes.trash:
+            self.refresh()
 
     def refresh(self) -> None:
         items = self.library.trash()
@@ -104,8 +112,8 @@ class TrashDialog(QDialog):
         except Exception as err:  # noqa: BLE001 - shown; the trash and the library are as they were
             self.last_error = show_error(self, err)
             return
-        self.refresh()
-        self.restored.emit(entry.id)
+        self.restored.emit(entry.id)  # first: the panel's re-read after the notice selects it
+        self.changes.announce(Changes(adapters_restored={entry.id}))
 
     def ask_empty(self) -> None:
         count = self.table.rowCount()
@@ -116,4 +124,4 @@ class TrashDialog(QDialog):
                 self.library.empty_trash()
             except OSError as err:  # a file held open elsewhere: what could go is gone, the rest stays listed
                 self.last_error = show_error(self, err)
-            self.refresh()
+            self.changes.announce(Changes(trash_changed=True))

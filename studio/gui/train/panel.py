@@ -6,6 +6,7 @@ thread (studio.ml.train.child_process); its typed events come back through queue
 sample generations and the log. Stop and Pause both ask the engine to stop at the next step
 boundary, which leaves a complete checkpoint; Resume starts a new job with
 `TrainConfig(resume=run_id)`. A failed run shows its reason and hint and leaves the panel usable.
+A run's start and its end (with the adapter it published) are announced on the app's ChangeNotifier.
 Knows nothing about how training works beyond the events and RunResult.
 """
 
@@ -29,11 +30,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.core.changes import Changes
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
 from studio.core.train import events as ev
 from studio.core.train.config import TrainConfig
 from studio.core.train.run_dir import RunDir
+from studio.gui.changes import ChangeNotifier
 from studio.gui.error_dialog import show_error
 from studio.gui.train.charts import TrainingCharts
 from studio.gui.train.run_browser import InterruptedRunBanner, RunBrowser
@@ -65,13 +68,12 @@ def format_eta(seconds: float) -> str:
 
 
 class TrainPanel(QWidget):
-    adapter_created = Signal(str)
     compare_requested = Signal(str)
-    run_finished = Signal(object)  # studio.ml.train.run.RunResult
+    run_finished = Signal(object)  # studio.ml.train.run.RunResult, after its end was announced
 
-    def __init__(self, data: DataDir, parent: QWidget | None = None) -> None:
+    def __init__(self, data: DataDir, changes: ChangeNotifier, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.data = data
+        self.data, self.changes = data, changes
         self.run_id: str | None = None
         self.last_result = None
         self.error_box: QMessageBox | None = None
@@ -137,15 +139,12 @@ class TrainPanel(QWidget):
 
         self.banner = InterruptedRunBanner()
         self.banner.resume_requested.connect(self.resume)
-        self.browser = RunBrowser(data)
+        self.browser = RunBrowser(data, changes)
         self.browser.resume_requested.connect(self.resume)
-        self.browser.adapter_created.connect(self.adapter_created)
         self.browser.loaded.connect(self._update_banner)
         self.tabs = QTabWidget()
         self.tabs.addTab(dashboard, "Dashboard")
         self.tabs.addTab(self.browser, "Runs")
-        # Re-read the runs whenever the tab is opened: the CLI or another window may have trained since.
-        self.tabs.currentChanged.connect(lambda index: self.tabs.widget(index) is self.browser and self.browser.refresh())
         layout = QVBoxLayout(self)
         layout.addWidget(self.banner)
         layout.addWidget(self.tabs, 1)
@@ -285,6 +284,7 @@ class TrainPanel(QWidget):
         if not live:
             return
         self.run_id = self.browser.active_run = event.run_id
+        self.changes.announce(Changes(runs_started={event.run_id}))
         if event.start_step:
             self.charts.keep_before(event.start_step + 1)  # steps after the checkpoint are done again
         share = 100 * event.trainable_params / max(1, event.total_params)
@@ -342,9 +342,10 @@ class TrainPanel(QWidget):
             self.error_box = show_error(self, StudioError(result.message, hint=result.hint),
                                         title="Training failed")
         self._update_buttons()
-        self.browser.refresh()
-        if result.status == "finished" and result.adapter_id:
-            self.adapter_created.emit(result.adapter_id)
+        finished = result.status == "finished"
+        self.changes.announce(Changes(runs_finished={result.run_id} if finished else set(),
+                                      runs_stopped=set() if finished else {result.run_id},
+                                      adapters_added={result.adapter_id} if finished and result.adapter_id else set()))
         self.run_finished.emit(result)
 
     def _run_error(self, err: BaseException, details: str) -> None:

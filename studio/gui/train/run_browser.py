@@ -1,7 +1,8 @@
 """The run browser: past training runs, their loss curves overlaid, a settings diff, resume.
 
 studio.core.train.runs.list_runs reads the runs in a worker (interrupted, running elsewhere, finished...).
-An interrupted, stopped or failed run can be resumed from its last checkpoint.
+An interrupted, stopped or failed run can be resumed from its last checkpoint. The list is re-read
+after every notice of the app's ChangeNotifier about runs; a checkpoint saved as an adapter is announced.
 The widget lists runs, overlays the selected runs' smoothed loss, diffs two runs' settings and
 asks the panel to resume one; InterruptedRunBanner offers the newest interrupted run at start. Knows nothing about how training runs.
 """
@@ -28,10 +29,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.core.changes import Changes
 from studio.core.paths import DataDir
 from studio.core.train import checkpoints
 from studio.core.train.run_dir import step_of
 from studio.core.train.runs import RunSummary, config_diff, list_runs
+from studio.gui.changes import ChangeNotifier, Reload
 from studio.gui.train.charts import LossOverlay
 from studio.gui.workers import start_job
 
@@ -46,15 +49,14 @@ class RunBrowser(QWidget):
     """Lists the runs; `resume_requested(run_id)` asks the panel to continue one."""
 
     resume_requested = Signal(str)
-    adapter_created = Signal(str)  # a checkpoint the user picked was saved to the library
     loaded = Signal()
 
-    def __init__(self, data: DataDir, parent: QWidget | None = None) -> None:
+    def __init__(self, data: DataDir, changes: ChangeNotifier, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.data = data
+        self.data, self.changes = data, changes
         self.runs: list[RunSummary] | None = None  # None until the first listing arrives
         self._active_run: str | None = None  # the run the panel is training now
-        self._loading = 0
+        self.reload = Reload(self, lambda: list_runs(self.data), self._listed, self._list_failed)
         self._saving = False  # a checkpoint is being saved as an adapter
 
         self.table = QTreeWidget()
@@ -72,13 +74,10 @@ class RunBrowser(QWidget):
                                                           "when you prefer it to the best one.")
         self.save_checkpoint_button.clicked.connect(self.save_checkpoint)
         self.last_error = None  # the last error box, for tests
-        self.refresh_button = QPushButton("Refresh")
-        self.refresh_button.clicked.connect(self.refresh)
         self.hint = QLabel("Select runs to overlay their loss; select two to compare their settings.")
         self.hint.setStyleSheet("color: #555;")
         buttons = QHBoxLayout()
         buttons.addWidget(self.hint, 1)
-        buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.save_checkpoint_button)
         buttons.addWidget(self.resume_button)
 
@@ -110,22 +109,24 @@ class RunBrowser(QWidget):
         split.setSizes([200, 500])  # the chart and the diff matter more than empty rows
         layout = QVBoxLayout(self)
         layout.addWidget(split)
+        changes.changed.connect(self._changed)
 
     # ------------------------------------------------------------ listing
 
     def busy(self) -> bool:
-        return self._loading > 0
+        return self.reload.running
 
     def refresh(self) -> None:
-        self._loading += 1
-        start_job(lambda emit: list_runs(self.data), on_done=self._listed, on_error=self._list_failed, parent=self)
+        self.reload.start()
+
+    def _changed(self, changes: Changes) -> None:
+        if changes.runs:
+            self.refresh()
 
     def _list_failed(self, err: BaseException, details: str) -> None:
-        self._loading -= 1
         log.warning("Listing the runs failed: %s", err)
 
     def _listed(self, runs: list[RunSummary]) -> None:
-        self._loading -= 1
         selected = set(self.selected_ids())
         self.runs = runs
         self.table.clear()
@@ -245,7 +246,7 @@ class RunBrowser(QWidget):
         self._saving = False
         self.hint.setText(f"Saved as {entry.name!r} in the library.")
         self._update_resume()
-        self.adapter_created.emit(entry.id)
+        self.changes.announce(Changes(adapters_added={entry.id}))
 
     def _checkpoint_failed(self, err: BaseException, details: str) -> None:
         from studio.gui.error_dialog import show_error
