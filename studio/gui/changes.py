@@ -54,7 +54,8 @@ class DataDirWatcher(QObject):
         self.fs.directoryChanged.connect(lambda _path: self.timer.start())
         notifier.changed.connect(self._announced)
         app = QGuiApplication.instance()
-        if isinstance(app, QGuiApplication):
+        self._listening = isinstance(app, QGuiApplication)
+        if self._listening:
             app.applicationStateChanged.connect(self._state_changed)
 
     def _state_changed(self, state: Qt.ApplicationState) -> None:
@@ -79,12 +80,13 @@ class DataDirWatcher(QObject):
         return changes
 
     def stop(self) -> None:
-        """No more looks (the window closes)."""
+        """No more looks (the window closes); stopping twice is harmless."""
         self.timer.stop()
         if self.fs.directories():
             self.fs.removePaths(self.fs.directories())
         app = QGuiApplication.instance()
-        if isinstance(app, QGuiApplication):
+        if isinstance(app, QGuiApplication) and self._listening:
+            self._listening = False
             app.applicationStateChanged.disconnect(self._state_changed)
 
 

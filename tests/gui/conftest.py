@@ -4,8 +4,10 @@ behind it (a background job, a training process, a QTimer or a QThread)."""
 
 from __future__ import annotations
 
+import json
 import traceback
 import weakref
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +32,18 @@ def changes(qapp):
     notifier = ChangeNotifier()
     yield notifier
     notifier.deleteLater()
+
+
+@pytest.fixture
+def math_folder(tmp_path: Path) -> Path:
+    """A folder of 25 tiny chat samples to train on."""
+    folder = tmp_path / "math-data"
+    folder.mkdir()
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
+                                      {"role": "assistant", "content": f"The answer is {a + b}."}]})
+             for a in range(1, 6) for b in range(1, 6)]
+    (folder / "math.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
 
 
 def _started_at() -> str:

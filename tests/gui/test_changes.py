@@ -6,7 +6,6 @@ another process appears too."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -49,16 +48,6 @@ def window(qtbot, studio_home, tiny_base_dir):
     main.close()
 
 
-def math_folder(root: Path) -> Path:
-    folder = root / "math-data"
-    folder.mkdir()
-    lines = [json.dumps({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
-                                      {"role": "assistant", "content": f"The answer is {a + b}."}]})
-             for a in range(1, 5) for b in range(1, 5)]
-    (folder / "math.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
-
-
 def shown_everywhere(window) -> dict[str, set[str]]:
     """The adapter ids each screen offers now: the chat panes' pickers, the blend parents, the library."""
     from studio.gui.chat.work import BASE
@@ -80,12 +69,13 @@ def wait_shown(qtbot, window, expected: set[str]) -> None:
     qtbot.waitUntil(lambda: all(ids == expected for ids in shown_everywhere(window).values()), timeout=SHOWN_MS)
 
 
-def test_every_change_shows_up_in_every_screen_at_once(qtbot, window, studio_home, adapter_folders, tmp_path):
+def test_every_change_shows_up_in_every_screen_at_once(qtbot, window, studio_home, adapter_folders, math_folder,
+                                                        tmp_path):
     from studio.gui.main_window import CHAT
 
     # A run finished in the Train panel: its adapter is offered everywhere, and Compare with base works.
     train = window.train_panel
-    config = TrainConfig(data_folder=str(math_folder(tmp_path)), base="tiny-llama", adapter_name="math",
+    config = TrainConfig(data_folder=str(math_folder), base="tiny-llama", adapter_name="math",
                          quant="none", rank=4, alpha=8.0, targets=["q_proj", "v_proj"], max_steps=2,
                          micro_batch_size=2, grad_accum=1, seq_len=64, eval_every=0, checkpoint_every=0,
                          sample_every=0, learning_rate=5e-3, device="cpu")
@@ -122,7 +112,6 @@ def test_every_change_shows_up_in_every_screen_at_once(qtbot, window, studio_hom
     assert library.select(other)
     library.delete_selected()
     wait_shown(qtbot, window, {trained, blended})
-    library.undo_timer.stop()
 
     # The CLI imports an adapter from another process while the window is open.
     env = {**os.environ, "LORA_STUDIO_HOME": str(studio_home.root), "PYTHONPATH": str(REPO_ROOT)}
@@ -134,15 +123,16 @@ def test_every_change_shows_up_in_every_screen_at_once(qtbot, window, studio_hom
     wait_shown(qtbot, window, {trained, blended, *from_cli})
 
 
-def test_the_cli_renaming_an_adapter_shows_when_the_window_is_active_again(qtbot, window, studio_home,
-                                                                            adapter_folders):
+def test_the_cli_renaming_an_adapter_shows_when_the_app_is_active_again(qtbot, qapp, window, studio_home,
+                                                                        adapter_folders):
     """A rename rewrites a manifest inside the adapter's folder: no folder event says so, so the window
-    takes another look when the application becomes active again (here: the watcher's look itself)."""
-    entry = AdapterLibrary(studio_home).import_path(adapter_folders["imported"], name="before")
+    takes another look when the application becomes active again (the user comes back from the terminal)."""
+    entry = AdapterLibrary(studio_home).import_path(adapter_folders["imported"], name="before")  # seen by the watch
     qtbot.waitUntil(lambda: window.library_panel.table.rowCount() == 1, timeout=SHOWN_MS)
+    notices = []
+    window.changes.changed.connect(notices.append)
     AdapterLibrary(studio_home).rename(entry.id, "after")  # what `lora-studio rename` does
-    seen = window.watcher.look()
-    assert seen.adapters_edited == {entry.id} and not seen.adapters_added
+    qapp.applicationStateChanged.emit(Qt.ApplicationState.ApplicationActive)
     qtbot.waitUntil(lambda: window.library_panel.table.item(0, 0).text() == "after", timeout=SHOWN_MS)
     qtbot.waitUntil(lambda: window.chat_panel.panes[0].names.get(entry.id) == "after", timeout=SHOWN_MS)
-    assert not window.watcher.look()  # seen once, announced once
+    assert [(n.adapters_edited, n.adapters_added) for n in notices] == [({entry.id}, frozenset())]  # once

@@ -28,17 +28,6 @@ def library_home(studio_home, tiny_base_dir):
     return studio_home
 
 
-@pytest.fixture
-def math_folder(tmp_path: Path) -> Path:
-    folder = tmp_path / "math-data"
-    folder.mkdir()
-    lines = [json.dumps({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
-                                      {"role": "assistant", "content": f"The answer is {a + b}."}]})
-             for a in range(1, 6) for b in range(1, 6)]
-    (folder / "math.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
-
-
 def tiny_config(folder: Path, **overrides) -> TrainConfig:
     values = dict(data_folder=str(folder), base="tiny-llama", adapter_name="math", quant="none", rank=4, alpha=8.0,
                   max_steps=4, micro_batch_size=2, grad_accum=1, seq_len=64, eval_every=2, checkpoint_every=2,
