@@ -1,5 +1,5 @@
 """The welcome page shows the default model's first conversion and a base model download as they
-go, from the StageProgress events of studio.core.progress."""
+go, from the StageProgress events of studio.core.progress, and announces each base model it adds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from studio.core.progress import StageProgress
 
 
 def test_the_conversion_and_a_download_report_through_the_progress_events(qtbot, studio_home, tiny_base_dir,
-                                                                          monkeypatch):
+                                                                          monkeypatch, changes):
     import huggingface_hub
 
     from studio.gui.welcome import WelcomePage
@@ -21,13 +21,16 @@ def test_the_conversion_and_a_download_report_through_the_progress_events(qtbot,
         return tiny_base_dir
 
     monkeypatch.setattr(default_model, "ensure_default_model", convert)
-    page = WelcomePage(studio_home)
+    page = WelcomePage(studio_home, changes)
     qtbot.addWidget(page)
+    added: list[set[str]] = []
+    changes.changed.connect(lambda notice: added.append(set(notice.base_models_added)))
     values: list[int] = []
     page.model_progress.valueChanged.connect(values.append)
     with qtbot.waitSignal(page.default_model_ready, timeout=30_000) as ready:
         page.prepare_default_model()
     assert ready.args == [Path(tiny_base_dir)] and values == [40, 100]
+    assert added == [{tiny_base_dir.name}]
 
     hub = FakeHub(tiny_base_dir)
     monkeypatch.setattr(huggingface_hub, "model_info", hub.model_info)
@@ -39,3 +42,4 @@ def test_the_conversion_and_a_download_report_through_the_progress_events(qtbot,
         page.ask_download()
     assert shown[0] == "Downloading someone/tiny-chat…" and shown[-1] == "Downloaded someone/tiny-chat."
     assert any(line.endswith("files") for line in shown)
+    assert added[1:] == [{"someone--tiny-chat"}]  # its folder in models/
