@@ -73,3 +73,23 @@ def make_tiny_adapter(base_dir: Path, out_dir: Path, *, base_name: str = "tiny-l
     saved["base_model_name_or_path"] = base_name
     config_path.write_text(json.dumps(saved, indent=2))
     return out_dir
+
+
+def make_hf_cache(cache: Path, repo_id: str, model_folder: Path,
+                  revision: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """Put `model_folder` into a Hugging Face hub cache at `cache` (what HF_HUB_CACHE names) in the hub
+    client's real layout: models--org--name/{blobs, snapshots/<revision> of links, refs/main}. It stands
+    in for a model downloaded from the hub, which no test can reach. Returns the snapshot folder."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "blobs").mkdir(exist_ok=True)
+    snapshot.mkdir(parents=True)
+    for file in sorted(p for p in model_folder.iterdir() if p.is_file()):
+        blob = repo / "blobs" / file.name.replace(".", "_")
+        shutil.copy(file, blob)
+        (snapshot / file.name).symlink_to(Path("../../blobs") / blob.name)
+    return snapshot

@@ -77,12 +77,12 @@ def cmd_merge(args: argparse.Namespace, data: DataDir) -> Output:
     if args.format == "gguf":
         from studio.core.library.store import slugify
         from studio.ml.export.gguf import merge_to_gguf
-        from studio.ml.export.library_export import base_folder_for
+        from studio.ml.export.library_export import base_model_for
 
         library = open_library(data)
         entry = library.get(args.adapter)
         target = Path(dest) / f"{slugify(entry.manifest.name)}.gguf" if Path(dest).is_dir() else Path(dest)
-        result = merge_to_gguf(base_folder_for(library, entry), entry.path, target, args.gguf_type,
+        result = merge_to_gguf(base_model_for(library, entry).path, entry.path, target, args.gguf_type,
                                name=entry.manifest.name, progress=print_progress, **kwargs)
         warnings = "".join(f"\nwarning: {w}" for w in result.warnings)
         smoke = result.metadata.get("smoke", {})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from studio.cli.verb import AddParser, Output, VerbGroup, print_progress, table, verb
@@ -42,32 +41,30 @@ def _settings(args: argparse.Namespace):
     ).check()
 
 
-def _base_folder(args: argparse.Namespace, data: DataDir, adapters: list[str]) -> Path:
-    """--base when given; else the base the first adapter names, when found; else the default model."""
-    from studio.core.basemodels import resolve_base_model
+def _base(args: argparse.Namespace, data: DataDir, adapters: list[str]):
+    """--base when given; else the base the first adapter records, when it is here; else the default model."""
+    from studio.ml.base.default_model import resolve_base
 
-    if args.base:
-        return resolve_base_model(data, args.base).path
+    base = args.base
     named = [a for a in adapters if a != BASE]
-    if named:
-        from studio.core.library.adapter_folder import default_base_lookup
+    if not base and named:
+        from studio.core.library.adapter_folder import adapter_base
 
-        claimed = _library(data).get(named[0]).manifest.base_model
-        found = default_base_lookup(data)(claimed) if claimed else None
-        if found is not None:
-            return Path(found)
-    from studio.ml.base.default_model import ensure_default_model
-
-    return ensure_default_model(data, progress=print_progress)
+        entry = _library(data).get(named[0])
+        try:
+            base = adapter_base(data, entry.path, entry.manifest).id
+        except StudioError:
+            base = None  # the default then, which refuses the adapter by name if it does not fit
+    return resolve_base(data, base, progress=print_progress)[0]
 
 
 def _engine(args: argparse.Namespace, data: DataDir, adapters: list[str]):
     from studio.ml.chat.engine import ChatEngine
 
-    folder = _base_folder(args, data, adapters)
+    base = _base(args, data, adapters)
     if args.verbose:
-        print(f"Loading {folder.name}…", file=sys.stderr)
-    return ChatEngine(folder, quant=args.quant, library=_library(data))
+        print(f"Loading {base.id}…", file=sys.stderr)
+    return ChatEngine(base, quant=args.quant, library=_library(data))
 
 
 def _base_dict(engine) -> dict[str, Any]:

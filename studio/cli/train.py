@@ -23,15 +23,9 @@ def cmd_scan(args: argparse.Namespace, data: DataDir) -> Output:
     else:
         from transformers import AutoTokenizer
 
-        from studio.core.basemodels import DEFAULT_BASE_ID, resolve_base_model
+        from studio.ml.base.default_model import resolve_base
 
-        if not args.base or args.base == DEFAULT_BASE_ID:
-            from studio.ml.base.default_model import ensure_default_model
-
-            base_path = ensure_default_model(data)
-        else:
-            base_path = resolve_base_model(data, args.base).path
-        tokenizer = AutoTokenizer.from_pretrained(base_path)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_base(data, args.base)[0].path)
         report = prepare_dataset(folder, tokenizer, seq_len=args.seq_len, max_file_mb=args.max_file_mb).report
     return Output(report.to_dict(), report.to_text())
 

@@ -1,8 +1,13 @@
-"""Base models: find them (data directory, Hugging Face cache, a folder), validate and fingerprint.
+"""Base models: the one resolver from a base reference to its folder; validation and fingerprints.
 
 A base model is a Hugging Face-layout folder: config.json, tokenizer files, safetensors weights.
-The fingerprint hashes what decides whether an adapter fits: the shape-defining config keys and
-every tensor's name and shape. Knows nothing about loading weights (that is studio.ml).
+A reference names one as a studio id (`models/<id>/`, "org/name" for `models/org--name/`), a Hugging
+Face cache repo id, or a folder. `locate_base` finds the folder (cheaply, without reading weights)
+and `resolve_base_model` describes it; either gives the base an `id` that finds it again from any
+working directory (studio id, repo id, or absolute folder), which is what adapters record, and a
+`peft_name` (its hub id where it has one, else its folder) for adapter_config.json, so plain peft
+finds the base too. The fingerprint hashes what decides whether an adapter fits: the
+shape-defining config keys and every tensor's name and shape. Loading weights is studio.ml's job.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from studio.core.tensorfiles import TensorInfo, read_header
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_ID = "SmolLM2-135M-Instruct"
+DEFAULT_BASE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the default's id on the hub, for peft
 SHAPE_KEYS = (
     "model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
     "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings",
@@ -38,9 +44,36 @@ DEFAULT_BASE_SHAPE = {
 }
 
 
+def peft_name(base_id: str, source: str, path: Path) -> str:
+    """What adapter_config.json's base_model_name_or_path should say so that plain peft
+    (AutoPeftModelForCausalLM) finds this base: its hub id where it has one, else its folder."""
+    if source == "hf-cache" or (source == "studio" and "/" in base_id):
+        return base_id
+    if source == "studio" and base_id == DEFAULT_BASE_ID:
+        return DEFAULT_BASE_HUB_ID
+    return str(path)
+
+
+@dataclass(frozen=True)
+class BaseLocation:
+    """Where a base reference led: the folder, the id that finds it from anywhere, how it was found."""
+
+    path: Path
+    id: str
+    source: str  # studio | hf-cache | folder
+
+    @property
+    def peft_name(self) -> str:
+        return peft_name(self.id, self.source, self.path)
+
+    def inspect(self) -> BaseModelInfo:
+        """Validate the folder and describe it under this id (reads safetensors headers)."""
+        return inspect_base_model(self.path, model_id=self.id, source=self.source)
+
+
 @dataclass
 class BaseModelInfo:
-    id: str
+    id: str  # what adapters record: a studio id, a Hugging Face repo id, or an absolute folder
     path: Path
     source: str  # studio | hf-cache | folder
     architecture: str
@@ -51,8 +84,12 @@ class BaseModelInfo:
     has_chat_template: bool
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def peft_name(self) -> str:
+        return peft_name(self.id, self.source, self.path)
+
     def to_dict(self) -> dict:
-        return {**self.__dict__, "path": str(self.path)}
+        return {**self.__dict__, "path": str(self.path), "peft_name": self.peft_name}
 
 
 def read_config(folder: Path) -> dict:
@@ -104,6 +141,24 @@ def fingerprint(config: dict, tensors: dict[str, TensorInfo]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def folder_fingerprint(folder: Path) -> str:
+    """The fingerprint of a model folder, from its config and safetensors headers (no weights read)."""
+    return fingerprint(read_config(folder), tensor_infos(folder))
+
+
+def find_by_fingerprint(data: DataDir, wanted: str) -> Path | None:
+    """The first model in the studio's models/ with this fingerprint, if any."""
+    if not wanted or not data.models.is_dir():
+        return None
+    for folder in sorted(p for p in data.models.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            if folder_fingerprint(folder) == wanted:
+                return folder
+        except StudioError:
+            continue
+    return None
+
+
 def known_causal_lm(config: dict) -> bool:
     """Whether transformers has a causal-LM class for this model type (imports transformers lazily)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -126,10 +181,16 @@ def has_chat_template(folder: Path) -> bool:
 
 def inspect_base_model(folder: Path | str, *, model_id: str | None = None, source: str = "folder"
                        ) -> BaseModelInfo:
-    """Validate a model folder and describe it. Raises StudioError saying what is missing."""
+    """Validate a model folder and describe it. Raises StudioError saying what is missing.
+
+    Without `model_id`, a Hugging Face cache snapshot is known by its repo id and any other folder
+    by its absolute path (only the resolver, which knows the data directory, gives studio ids)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise StudioError(f"{folder} is not a folder.")
+    if model_id is None:
+        repo_id = hf_cache_repo_id(folder)
+        model_id, source = (repo_id, "hf-cache") if repo_id else (str(folder.resolve()), "folder")
     config = read_config(folder)
     if not known_causal_lm(config):
         raise StudioError(f"{folder.name}: model type {config.get('model_type')!r} is not a causal language "
@@ -146,7 +207,7 @@ def inspect_base_model(folder: Path | str, *, model_id: str | None = None, sourc
         warnings.append("config.json carries a quantization_config; the studio quantizes on its own.")
     architectures = config.get("architectures") or [config.get("model_type", "?")]
     return BaseModelInfo(
-        id=model_id or folder.name,
+        id=model_id,
         path=folder,
         source=source,
         architecture=str(architectures[0]),
@@ -166,12 +227,17 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+def studio_id(folder_name: str) -> str:
+    """The studio id of `models/<folder_name>`: "org/name" for a hub model's "org--name" folder."""
+    return folder_name.replace("--", "/")
+
+
 def studio_models(data: DataDir) -> list[BaseModelInfo]:
     """Models converted or downloaded into `$LORA_STUDIO_HOME/models` (invalid ones are logged)."""
     found = []
     for folder in sorted(p for p in data.models.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            found.append(inspect_base_model(folder, model_id=folder.name, source="studio"))
+            found.append(inspect_base_model(folder, model_id=studio_id(folder.name), source="studio"))
         except StudioError as err:
             log.warning("Skipping %s: %s", folder, err)
     return found
@@ -190,7 +256,9 @@ def hf_cache_models(cache_dir: Path | str | None = None) -> list[BaseModelInfo]:
     for repo in cache.repos:
         if repo.repo_type != "model" or not repo.revisions:
             continue
-        newest = max(repo.revisions, key=lambda r: r.last_modified)
+        # The revision `main` points at, as transformers and peft resolve a repo id; else the newest.
+        newest = next((r for r in repo.revisions if "main" in r.refs), None) or \
+            max(repo.revisions, key=lambda r: r.last_modified)
         try:
             found.append(inspect_base_model(newest.snapshot_path, model_id=repo.repo_id, source="hf-cache"))
         except StudioError as err:
@@ -204,25 +272,128 @@ def list_base_models(data: DataDir, extra_folders: list[Path] | None = None,
     if include_hf_cache:
         models += hf_cache_models()
     for folder in extra_folders or []:
-        models.append(inspect_base_model(folder))
+        models.append(_identify(data, Path(folder)).inspect())
     return models
 
 
-def resolve_base_model(data: DataDir, name_or_path: str | None) -> BaseModelInfo:
-    """A base model by studio id, Hugging Face cache repo id, or folder path."""
-    if not name_or_path:
-        name_or_path = DEFAULT_BASE_ID
-    candidate = Path(name_or_path).expanduser()
-    if candidate.is_dir() and (candidate / "config.json").exists():
-        return inspect_base_model(candidate)
-    studio_folder = data.models / name_or_path.replace("/", "--")
-    if studio_folder.is_dir():
-        return inspect_base_model(studio_folder, model_id=name_or_path, source="studio")
-    for info in hf_cache_models():
-        if info.id == name_or_path:
-            return info
-    raise StudioError(f"No base model called {name_or_path!r} was found.",
-                      hint="Run `lora-studio models` to list those available, or give a model folder.")
+# ---------------------------------------------------------------- the resolver
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache that the hub client, transformers and peft read."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hf_cache_repo_id(folder: Path) -> str | None:
+    """The repo id of a hub cache snapshot folder (`.../models--org--name/snapshots/<revision>`), else None."""
+    folder = Path(folder)
+    repo = folder.parent.parent.name
+    if folder.parent.name == "snapshots" and repo.startswith("models--"):
+        return "/".join(repo.split("--")[1:])  # the hub client's own reading of the folder name
+    return None
+
+
+def hf_cache_snapshot(repo_id: str) -> Path | None:
+    """The snapshot of `repo_id` in the hub cache that peft would load: the one `refs/main` names,
+    else the newest; None when the repo is not cached."""
+    repo = hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    snapshots = repo / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    main = repo / "refs" / "main"
+    if main.is_file() and _is_model_folder(snapshots / main.read_text().strip()):
+        return snapshots / main.read_text().strip()
+    found = [p for p in snapshots.iterdir() if _is_model_folder(p)]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return folder.is_dir() and (folder / "config.json").is_file()
+
+
+def _identify(data: DataDir, folder: Path) -> BaseLocation:
+    """How a model folder is recorded: by studio id inside models/, repo id in the hub cache, else its path."""
+    folder = folder.expanduser().resolve()
+    if data.models.is_dir() and folder.parent == data.models.resolve():
+        return BaseLocation(folder, studio_id(folder.name), "studio")
+    repo_id = hf_cache_repo_id(folder)
+    if repo_id:
+        return BaseLocation(folder, repo_id, "hf-cache")
+    return BaseLocation(folder, str(folder), "folder")
+
+
+def _explicit_path(ref: str) -> bool:
+    return Path(ref).expanduser().is_absolute() or ref.startswith((".", "~")) or "\\" in ref or ref.count("/") > 1
+
+
+def locate_base(data: DataDir, ref: str | None, *, hf_cache: bool = True) -> BaseLocation | None:
+    """Where the base `ref` names is, or None; reads no weights and imports neither torch nor transformers.
+
+    In order: an explicit path (absolute, ./, ~); the studio's models/ by id; the hub cache by repo id
+    (unless `hf_cache` is False); the default's hub id for the converted default; a folder relative
+    to the working directory (how older manifests recorded a folder: by its name alone); and for a
+    path that no longer exists, the studio's model of the same folder name."""
+    ref = (ref or DEFAULT_BASE_ID).strip()
+    candidate = Path(ref).expanduser()
+    explicit = _explicit_path(ref)
+    if explicit and _is_model_folder(candidate):
+        return _identify(data, candidate)
+    if not explicit:
+        studio = data.models / ref.replace("/", "--")
+        if _is_model_folder(studio):
+            return BaseLocation(studio, studio_id(studio.name), "studio")
+        if hf_cache and ref.count("/") == 1:
+            snapshot = hf_cache_snapshot(ref)
+            if snapshot is not None:
+                return BaseLocation(snapshot, ref, "hf-cache")
+        if ref == DEFAULT_BASE_HUB_ID and _is_model_folder(data.models / DEFAULT_BASE_ID):
+            return BaseLocation(data.models / DEFAULT_BASE_ID, DEFAULT_BASE_ID, "studio")
+        if _is_model_folder(candidate):
+            return _identify(data, candidate)
+    elif candidate.name and _is_model_folder(data.models / candidate.name):
+        # recorded on another machine, or moved since: the studio holds a model of that name
+        return BaseLocation(data.models / candidate.name, studio_id(candidate.name), "studio")
+    return None
+
+
+def same_fingerprint_note(data: DataDir, fingerprint: str) -> str:
+    """A hint's last sentence naming the studio model with this fingerprint, if one has it ("" if none).
+
+    A base with the same shapes is not used in place of the one named (its weights may differ)."""
+    match = find_by_fingerprint(data, fingerprint)
+    if match is None:
+        return ""
+    return f" The studio's {studio_id(match.name)!r} has the fingerprint the adapter recorded ({fingerprint})."
+
+
+def resolve_base_model(data: DataDir, name_or_path: str | None, *, fingerprint: str = "") -> BaseModelInfo:
+    """A base model by studio id, Hugging Face cache repo id, or folder path (see `locate_base`).
+
+    When it is not found, the StudioError names every place looked in and how to fix the reference;
+    `fingerprint` (what an adapter recorded) lets the hint point at a studio model that matches it."""
+    found = locate_base(data, name_or_path)
+    if found is None:
+        raise base_not_found(data, name_or_path, fingerprint)
+    return found.inspect()
+
+
+def base_not_found(data: DataDir, name_or_path: str | None, fingerprint: str = "") -> StudioError:
+    """The error for a base reference nothing answers to: the places looked in, and how to fix it."""
+    ref = (name_or_path or DEFAULT_BASE_ID).strip()
+    looked = [str(Path(ref).expanduser().absolute())]
+    if not _explicit_path(ref):
+        looked.append(f"{data.models / ref.replace('/', '--')} (the studio's models)")
+        if ref.count("/") == 1:
+            looked.append(f"{ref} in the Hugging Face cache ({hf_hub_cache()})")
+    hint = ("Give the model folder's full path, its studio id or its Hugging Face repo id (an adapter "
+            "records its base as base_model in its studio.json); run `lora-studio models` to list the "
+            "bases available.")
+    if ref == DEFAULT_BASE_ID:
+        hint = "Prepare the default model first: `lora-studio models --prepare-default`."
+    return StudioError(f"No base model called {ref!r} was found: looked for {'; '.join(looked)}.",
+                       hint=hint + same_fingerprint_note(data, fingerprint))
 
 
 def base_config(data: DataDir, name_or_path: str | None) -> dict:

@@ -21,6 +21,7 @@ from studio.core.basemodels import (
 )
 from studio.core.errors import StudioError
 from studio.core.progress import StageProgress
+from tests.tiny_model import make_hf_cache
 
 
 def test_inspect_tiny_base(tiny_base_dir: Path):
@@ -88,27 +89,16 @@ def test_missing_chat_template_is_a_warning(tmp_path: Path, tiny_base_dir: Path)
 def test_lists_data_dir_hf_cache_and_folder(tmp_path: Path, tiny_base_dir: Path, studio_home, monkeypatch):
     _copy(tiny_base_dir, studio_home.models / "tiny-llama")
     (studio_home.models / "broken").mkdir()  # logged and skipped, not fatal
-    # A Hugging Face cache in its real layout: blobs, snapshots/<revision>, refs/main.
     cache = tmp_path / "hf-cache"
-    repo = cache / "models--someone--tiny-chat"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    snapshot = repo / "snapshots" / revision
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-    (repo / "blobs").mkdir()
-    snapshot.mkdir(parents=True)
-    for file in tiny_base_dir.iterdir():
-        blob = repo / "blobs" / file.name.replace(".", "_")
-        shutil.copy(file, blob)
-        (snapshot / file.name).symlink_to(Path("../../blobs") / blob.name)
+    make_hf_cache(cache, "someone/tiny-chat", tiny_base_dir)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     cached = hf_cache_models(cache)
     assert [m.id for m in cached] == ["someone/tiny-chat"]
     local = _copy(tiny_base_dir, tmp_path / "my-model")
     models = list_base_models(studio_home, extra_folders=[local], include_hf_cache=False)
-    assert [(m.id, m.source) for m in models] == [("tiny-llama", "studio"), ("my-model", "folder")]
+    assert [(m.id, m.source) for m in models] == [("tiny-llama", "studio"), (str(local), "folder")]
     assert resolve_base_model(studio_home, "tiny-llama").source == "studio"
-    assert resolve_base_model(studio_home, str(local)).id == "my-model"
+    assert resolve_base_model(studio_home, str(local)).id == str(local)  # a folder is known by its full path
     with pytest.raises(StudioError, match="lora-studio models"):
         resolve_base_model(studio_home, "nobody/nothing")
 

@@ -253,6 +253,29 @@ def test_stop_all_and_shutdown_end_generation(qtbot, panel, library):
     qtbot.waitUntil(lambda: not panel.busy(), timeout=60_000)
 
 
+def test_bases_the_adapters_record_outside_models_are_offered_by_their_ids(studio_home, tiny_base_dir, tmp_path,
+                                                                          monkeypatch):
+    """An adapter on a Hugging Face cache model can be chatted with: its base is listed by its repo id."""
+    from huggingface_hub import constants
+
+    from studio.core.basemodels import inspect_base_model
+    from studio.core.library.manifest import AdapterManifest
+    from studio.core.library.store import AdapterLibrary
+    from studio.gui.chat.compare import fits
+    from studio.gui.chat.panel import scan
+    from tests.tiny_model import make_hf_cache
+
+    cache = tmp_path / "hf-cache"
+    make_hf_cache(cache, "someone/tiny-chat", tiny_base_dir)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    made = make_tiny_adapter(tiny_base_dir, tmp_path / "made", base_name="someone/tiny-chat")
+    AdapterLibrary(studio_home).add_new(made, AdapterManifest(id="", name="cached", base_model="someone/tiny-chat"))
+    entries, bases = scan(studio_home)
+    fingerprint = inspect_base_model(tiny_base_dir).fingerprint
+    assert ("someone/tiny-chat", fingerprint) in bases
+    assert [e.name for e in entries if fits(e, "someone/tiny-chat", fingerprint)] == ["cached"]
+
+
 def test_the_default_models_first_conversion_shows_its_progress(studio_home, tiny_base_dir, monkeypatch):
     """The first chat with the default base converts it (~20 s): the status line says so as it goes."""
     from studio.core.basemodels import DEFAULT_BASE_ID
@@ -265,6 +288,6 @@ def test_the_default_models_first_conversion_shows_its_progress(studio_home, tin
 
     monkeypatch.setattr(default_model, "ensure_default_model", convert)
     seen: list = []
-    assert ChatWork(studio_home).base_folder(DEFAULT_BASE_ID, seen.append) == tiny_base_dir
+    assert ChatWork(studio_home).base(DEFAULT_BASE_ID, seen.append).path == tiny_base_dir
     assert seen == [EngineLoading(DEFAULT_BASE_ID, "Preparing the default model (first use only, 25%): "
                                                    "Dequantizing the weights…")]

@@ -5,8 +5,10 @@ studio made or imported it, our `studio.json`. `inspect_adapter` checks the conf
 peft understands, the weights are a whole safetensors file (never a pickle), the tensor names are
 LoRA's with ranks matching `r`, and, when the claimed base model can be found, that every LoRA
 matrix fits the base's Linear weight. A folder without `studio.json` gets a manifest inferred from
-its config. Unpacking a .zip safely is studio.core.library.archive's job; `find_adapter_root` finds the
-adapter inside what it unpacked. Knows nothing about where the library keeps folders, the trash or ids.
+its config. `adapter_base` finds the base an adapter records, through the one base resolver
+(studio.core.basemodels); `config_naming_base` is the adapter_config.json an export carries, naming
+the base so plain peft finds it. Unpacking a .zip safely is studio.core.library.archive's job;
+`find_adapter_root` finds the adapter inside what it unpacked. Knows nothing about where the library keeps folders, the trash or ids.
 """
 
 from __future__ import annotations
@@ -20,9 +22,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from studio.core.basemodels import (
+    BaseLocation,
+    base_not_found,
+    find_by_fingerprint,
+    fingerprint,
+    locate_base,
+    read_config,
+    same_fingerprint_note,
+    tensor_infos,
+)
 from studio.core.errors import StudioError
 from studio.core.library.archive import ZIP_JUNK
-from studio.core.library.manifest import AdapterManifest, read_manifest
+from studio.core.library.manifest import MANIFEST_NAME, AdapterManifest, read_manifest
 from studio.core.paths import DataDir
 from studio.core.tensorfiles import TensorInfo, read_header
 
@@ -147,47 +159,55 @@ def infer_manifest(folder: Path, config: dict[str, Any], *, source: str = "infer
 
 
 def default_base_lookup(data: DataDir) -> BaseLookup:
-    """name -> base model folder or None: a folder path, the studio's models/, then the HF cache.
+    """name -> base model folder or None, through the base resolver (studio.core.basemodels.locate_base).
 
-    Cheap checks come first, so listing a library does not import transformers.
-    """
-    from studio.core.basemodels import resolve_base_model
-
+    Nothing is inspected, so listing a library neither reads weights nor imports transformers."""
     cache: dict[str, Path | None] = {}
 
     def lookup(name: str) -> Path | None:
-        if name in cache:
-            return cache[name]
-        found: Path | None = None
-        candidate = Path(name).expanduser()
-        path_like = candidate.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
-        for folder in (candidate, data.models / name.replace("/", "--"), data.models / candidate.name):
-            if candidate.name and folder.is_dir() and (folder / "config.json").is_file():
-                found = folder
-                break
-        if found is None and not path_like:
-            try:
-                found = resolve_base_model(data, name).path
-            except StudioError as err:
-                log.debug("Base %r not found: %s", name, err)
-        cache[name] = found
-        return found
+        if name not in cache:
+            found = locate_base(data, name)
+            cache[name] = found.path if found is not None else None
+        return cache[name]
 
     return lookup
 
 
-def find_by_fingerprint(data: DataDir, wanted: str) -> Path | None:
-    from studio.core.basemodels import fingerprint, read_config, tensor_infos
+def base_claims(manifest: AdapterManifest, config: dict[str, Any]) -> list[str]:
+    """The names an adapter gives its base: studio.json's base_model, then adapter_config.json's."""
+    return [c for c in dict.fromkeys((manifest.base_model, str(config.get("base_model_name_or_path") or ""))) if c]
 
-    if not data.models.is_dir():
-        return None
-    for folder in sorted(p for p in data.models.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            if fingerprint(read_config(folder), tensor_infos(folder)) == wanted:
-                return folder
-        except StudioError:
-            continue
-    return None
+
+def adapter_base(data: DataDir, folder: Path, manifest: AdapterManifest) -> BaseLocation:
+    """Where the base model an adapter was trained on is, found from what it records (`base_claims`).
+
+    Older studios recorded a base given as a folder by its bare name in studio.json (and by its full
+    path in adapter_config.json), so the second claim is tried when the first is not found. Failing
+    both, the StudioError says what was looked for and which file to fix. Reads no weights."""
+    name = manifest.name or folder.name
+    claims = base_claims(manifest, read_adapter_config(folder, repr(name)))
+    fix = folder / MANIFEST_NAME
+    if not claims:
+        raise StudioError(f"{name!r} does not say which base model it was trained on.",
+                          hint=f"Set base_model in {fix} to the base's folder (full path), studio id or "
+                               "Hugging Face repo id, then try again.")
+    for claim in claims:
+        found = locate_base(data, claim)
+        if found is not None:
+            return found
+    missing = base_not_found(data, claims[0])
+    raise StudioError(f"{name!r} was trained on a base that is not here. {missing.message}",
+                      hint=f"Set base_model in {fix} to the base's full folder path (or its studio id or "
+                           "Hugging Face repo id); `lora-studio models` lists the bases available."
+                           + same_fingerprint_note(data, manifest.base_fingerprint))
+
+
+def config_naming_base(folder: Path, base_name: str) -> str:
+    """The text of the folder's adapter_config.json with base_model_name_or_path set to `base_name`
+    (how plain peft's AutoPeftModel finds the base); everything else as peft wrote it."""
+    config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_name
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
 # ---------------------------------------------------------------- tensors
@@ -324,7 +344,7 @@ def inspect_adapter(folder: Path | str, base_lookup: BaseLookup | None = None, *
 
             data = data_dir()
         base_lookup = default_base_lookup(data)
-    claims = [c for c in dict.fromkeys((manifest.base_model, str(config.get("base_model_name_or_path") or ""))) if c]
+    claims = base_claims(manifest, config)
     base_path = next((p for p in (base_lookup(c) for c in claims) if p is not None), None)
     if base_path is None and manifest.base_fingerprint and data is not None:
         base_path = find_by_fingerprint(data, manifest.base_fingerprint)
@@ -334,8 +354,6 @@ def inspect_adapter(folder: Path | str, base_lookup: BaseLookup | None = None, *
         warnings.append(f"Base model {claims[0] if claims else '(none named)'!r} was not found, so the adapter's "
                         "shapes could not be checked against it.")
     else:
-        from studio.core.basemodels import fingerprint, read_config, tensor_infos
-
         base_tensors = tensor_infos(base_path)
         base_label = repr(claims[0] if claims else base_path.name)
         if claims and base_path.name != claims[0]:

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from studio.core import atomic
 from studio.core.errors import StudioError
+from studio.core.library.adapter_folder import CONFIG_NAME, WEIGHTS_NAME, config_naming_base
 
 MODELFILE = "Modelfile"
 ADAPTER_DIR = "adapter"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 INSTRUCTIONS = ("FROM", "PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "LICENSE", "MESSAGE", "REQUIRES")
 
 # Ollama's Go template for ChatML: the system prompt, then each user/assistant turn, then the
@@ -107,8 +108,12 @@ def parse_modelfile(text: str) -> list[tuple[str, str]]:
 
 
 def write_bundle(adapter_folder: Path | str, dest: Path | str, *, from_ref: str,
-                 chat_template: str | None, system: str | None = None, adapter_name: str = "") -> OllamaBundle:
-    """Write Modelfile + adapter/ into `dest` (an empty or new folder; callers stage it atomically)."""
+                 chat_template: str | None, system: str | None = None, adapter_name: str = "",
+                 base_name: str = "") -> OllamaBundle:
+    """Write Modelfile + adapter/ into `dest` (an empty or new folder; callers stage it atomically).
+
+    `base_name`, when given, goes into the bundled adapter_config.json's base_model_name_or_path
+    (see studio.core.basemodels.peft_name), so the adapter also loads in plain peft."""
     adapter_folder, dest = Path(adapter_folder), Path(dest)
     missing = [name for name in ADAPTER_FILES if not (adapter_folder / name).exists()]
     if missing:
@@ -119,6 +124,8 @@ def write_bundle(adapter_folder: Path | str, dest: Path | str, *, from_ref: str,
     target.mkdir(parents=True, exist_ok=True)
     for name in ADAPTER_FILES:
         shutil.copyfile(adapter_folder / name, target / name)
+    if base_name:
+        atomic.write_text(target / CONFIG_NAME, config_naming_base(adapter_folder, base_name))
     warnings = []
     if not is_chatml(chat_template):
         warnings.append("The base's chat template is not ChatML, so the Modelfile has no TEMPLATE: "

@@ -29,9 +29,12 @@ from typing import Any
 from studio.core import atomic
 from studio.core.errors import StudioError
 from studio.core.library.adapter_folder import (
+    CONFIG_NAME,
     PICKLE_SUFFIXES,
     BaseLookup,
+    adapter_base,
     check_weights_present,
+    config_naming_base,
     default_base_lookup,
     find_adapter_root,
     inspect_adapter,
@@ -265,24 +268,37 @@ class AdapterLibrary:
         if target.exists():
             raise StudioError(f"{target} already exists.", hint="Choose another destination, or remove it first.")
         files = [p for p in sorted(entry.path.iterdir()) if p.is_file() and not p.name.startswith(".")
-                 and p.suffix.lower() not in PICKLE_SUFFIXES and p.name != MANIFEST_NAME]
-        manifest_text = json.dumps(entry.manifest.to_dict(), indent=2, ensure_ascii=False) + "\n"
+                 and p.suffix.lower() not in PICKLE_SUFFIXES and p.name not in (MANIFEST_NAME, CONFIG_NAME)]
+        written = {MANIFEST_NAME: json.dumps(entry.manifest.to_dict(), indent=2, ensure_ascii=False) + "\n",
+                   CONFIG_NAME: self.exported_config(entry)}
         try:
             if not as_zip:
                 with atomic.staging_dir(target) as stage:
                     for item in files:
                         shutil.copy2(item, stage / item.name)
-                    atomic.write_text(stage / MANIFEST_NAME, manifest_text)
+                    for name, text in written.items():
+                        atomic.write_text(stage / name, text)
                 return target
             with atomic.open_for_write(target) as handle, zipfile.ZipFile(handle, "w") as archive:
                 for item in files:
                     kind = zipfile.ZIP_STORED if item.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
                     archive.write(item, f"{stem}/{item.name}", compress_type=kind)
-                archive.writestr(f"{stem}/{MANIFEST_NAME}", manifest_text, zipfile.ZIP_DEFLATED)
+                for name, text in written.items():
+                    archive.writestr(f"{stem}/{name}", text, zipfile.ZIP_DEFLATED)
         except OSError as err:
             raise StudioError(f"Could not export {entry.manifest.name!r} to {target}: {err}.",
                               hint="Check the free disk space and that the destination is writable.") from err
         return target
+
+    def exported_config(self, entry: AdapterEntry) -> str:
+        """The adapter_config.json an export carries: naming the base by its hub id (or its folder)
+        so plain peft's AutoPeftModel finds it from anywhere; as stored when the base is not here."""
+        try:
+            base = adapter_base(self.data, entry.path, entry.manifest)
+        except StudioError as err:
+            log.warning("Exporting %s with its adapter_config.json as it is: %s", entry.id, err)
+            return (entry.path / CONFIG_NAME).read_text(encoding="utf-8")
+        return config_naming_base(entry.path, base.peft_name)
 
     # ------------------------------------------------------------ editing the manifest
 

@@ -64,14 +64,23 @@ SHUTDOWN_WAIT_S = 15.0
 
 
 def scan(data: DataDir) -> tuple[list, list[tuple[str, str]]]:
-    """Runs in a worker: library entries, and (id, fingerprint) of the bases in models/ (+ the default)."""
-    from studio.core.basemodels import studio_models
+    """Runs in a worker: library entries, and (id, fingerprint) of the bases in models/ (+ the default)
+    and of those the adapters record elsewhere (the Hugging Face cache, a folder) that are here."""
+    from studio.core.basemodels import folder_fingerprint, locate_base, studio_models
     from studio.core.library.store import AdapterLibrary
 
     bases = [(m.id, m.fingerprint) for m in studio_models(data)]
     if DEFAULT_BASE_ID not in {b for b, _ in bases}:
         bases.append((DEFAULT_BASE_ID, ""))  # converted on first use
-    return AdapterLibrary(data).list(), bases
+    entries = AdapterLibrary(data).list()
+    for ref in dict.fromkeys(e.manifest.base_model for e in entries if e.manifest.base_model):
+        found = locate_base(data, ref)
+        if found is not None and found.id not in {b for b, _ in bases}:
+            try:
+                bases.append((found.id, folder_fingerprint(found.path)))
+            except StudioError as err:
+                log.info("Base %s is not usable in chat: %s", found.id, err)
+    return entries, bases
 
 
 class ChatPanel(ComparisonMixin, QWidget):

@@ -17,10 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from studio.core.basemodels import DEFAULT_BASE_ID
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
 from studio.core.progress import StageProgress
@@ -95,22 +93,16 @@ class ChatWork:
         self.engine_base: str | None = None
         self.stop = threading.Event()
 
-    def base_folder(self, base_id: str, emit: Emit | None = None) -> Path:
-        folder = self.data.models / base_id.replace("/", "--")
-        if folder.is_dir():
-            return folder
-        if base_id == DEFAULT_BASE_ID:
-            from studio.ml.base.default_model import ensure_default_model
+    def base(self, base_id: str, emit: Emit | None = None):
+        """The resolved base (studio.ml.base.default_model.resolve_base), the default converted on first use."""
+        from studio.ml.base.default_model import resolve_base
 
-            def converting(event: StageProgress) -> None:
-                if emit is not None:
-                    emit(EngineLoading(base_id, f"Preparing the default model (first use only, "
-                                                f"{event.fraction or 0:.0%}): {event.message}"))
+        def converting(event: StageProgress) -> None:
+            if emit is not None:
+                emit(EngineLoading(base_id, f"Preparing the default model (first use only, "
+                                            f"{event.fraction or 0:.0%}): {event.message}"))
 
-            return ensure_default_model(self.data, progress=converting)
-        from studio.core.basemodels import resolve_base_model
-
-        return resolve_base_model(self.data, base_id).path
+        return resolve_base(self.data, base_id, converting)[0]
 
     def ensure(self, emit: Emit, base_id: str):
         """The engine for this base, loading it (once) if another base or none is loaded."""
@@ -122,8 +114,7 @@ class ChatWork:
 
         emit(EngineLoading(base_id))
         started = time.perf_counter()
-        folder = self.base_folder(base_id, emit)
-        self.engine = ChatEngine(folder, quant=self.quant, library=AdapterLibrary(self.data))
+        self.engine = ChatEngine(self.base(base_id, emit), quant=self.quant, library=AdapterLibrary(self.data))
         self.engine_base = base_id
         e = self.engine
         emit(EngineReady(base_id, e.fingerprint, e.device, e.quant, time.perf_counter() - started))

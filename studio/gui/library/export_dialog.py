@@ -29,9 +29,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.core.basemodels import resolve_base_model
 from studio.core.changes import Changes
 from studio.core.errors import StudioError
+from studio.core.library.adapter_folder import adapter_base
 from studio.core.library.store import AdapterLibrary, slugify
 from studio.core.paths import DataDir
 from studio.core.progress import Cancelled, StageProgress
@@ -75,7 +75,7 @@ class ExportDialog(QDialog):
         self._close_when_done = False
         self._auto_name = ""
         try:
-            self.base_info = resolve_base_model(data, self.entry.manifest.base_model)
+            self.base_info = adapter_base(data, self.entry.path, self.entry.manifest).inspect()
         except StudioError:
             self.base_info = None  # a merge then fails with the back end's own explanation
         m = self.entry.manifest

@@ -111,7 +111,7 @@ def run_export(emit, library: AdapterLibrary, adapter_id: str, fmt: str, dest: P
                should_stop, smoke_check=None, from_ref: str | None = None, system: str | None = None,
                rank: int = 0, new_name: str = "") -> ExportOutcome:
     """Runs in a worker: merge, export or resize with progress events through `emit`."""
-    from studio.ml.export.library_export import base_folder_for, export_adapter, merge_adapter
+    from studio.ml.export.library_export import base_model_for, export_adapter, merge_adapter
 
     steps = {"progress": emit, "should_stop": should_stop}
     if fmt == "merge":
@@ -121,7 +121,7 @@ def run_export(emit, library: AdapterLibrary, adapter_id: str, fmt: str, dest: P
         from studio.ml.export.gguf import merge_to_gguf
 
         entry = library.get(adapter_id)
-        done = merge_to_gguf(base_folder_for(library, entry), entry.path, dest, dtype, name=entry.manifest.name,
+        done = merge_to_gguf(base_model_for(library, entry).path, entry.path, dest, dtype, name=entry.manifest.name,
                              smoke_check=smoke_check, **steps)
         return ExportOutcome(done.path, fmt, f"GGUF model read back: {done.tensors} tensors, "
                              f"{format_size(done.size_bytes)}.\n" + smoke_summary(done.metadata["smoke"]),

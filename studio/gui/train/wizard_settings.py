@@ -10,7 +10,6 @@ Knows nothing about the data folder or how training runs.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import psutil
 from PySide6.QtCore import Qt, Signal
@@ -68,8 +67,8 @@ def list_bases(data: DataDir) -> list[tuple[str, str, dict]]:
             config = read_config(info.path)
         except Exception:  # a model that lost its config is listed by nobody
             continue
-        ref = info.id if info.source != "folder" else str(info.path)
-        found.append((ref, f"{info.id} ({_count(info.parameters)} parameters, {info.source})", config))
+        label = info.id if info.source != "folder" else info.path.name  # info.id, the ref, is its full path
+        found.append((info.id, f"{label} ({_count(info.parameters)} parameters, {info.source})", config))
     return found
 
 
@@ -99,6 +98,7 @@ class SettingsPage(QWizardPage):
         self.base_combo = QComboBox()
         self.base_combo.setMinimumContentsLength(28)
         self._add_base(DEFAULT_BASE_ID, f"{DEFAULT_BASE_ID} (default)", self._local_config(DEFAULT_BASE_ID))
+        base = self._ref(base)
         if base != DEFAULT_BASE_ID:
             self._add_base(base, base, self._local_config(base))
         self.base_combo.setCurrentIndex(self.base_combo.findData(base))
@@ -175,15 +175,22 @@ class SettingsPage(QWizardPage):
         if config:
             self.configs[ref] = config
 
-    def _local_config(self, ref: str) -> dict | None:
-        from studio.core.basemodels import read_config
+    def _ref(self, base: str) -> str:
+        """The id a base is recorded by (a folder inside models/ is its studio id), as list_bases lists it."""
+        from studio.core.basemodels import locate_base
 
-        for folder in (self.data.models / ref.replace("/", "--"), Path(ref)):
-            if (folder / "config.json").is_file():
-                try:
-                    return read_config(folder)
-                except Exception:
-                    return None
+        found = locate_base(self.data, base, hf_cache=False)  # on the GUI thread: the cheap places only
+        return found.id if found is not None else base
+
+    def _local_config(self, ref: str) -> dict | None:
+        from studio.core.basemodels import locate_base, read_config
+
+        found = locate_base(self.data, ref, hf_cache=False)
+        if found is not None:
+            try:
+                return read_config(found.path)
+            except Exception:
+                return None
         return dict(DEFAULT_BASE_SHAPE) if ref == DEFAULT_BASE_ID else None
 
     def _bases_found(self, bases: list[tuple[str, str, dict]]) -> None:

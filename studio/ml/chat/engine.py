@@ -1,6 +1,6 @@
 """The chat engine: one base model in memory, LoRA adapters attached on demand, streamed answers.
 
-`ChatEngine(base_folder)` loads the base once (4-bit NF4 on CUDA by default, full precision on a
+`ChatEngine(base)` (a resolved base, or its folder) loads the base once (4-bit NF4 on CUDA by default, full precision on a
 CPU). Adapters are attached with peft's `load_adapter` under their library id, kept up to
 `max_loaded_adapters` (the least recently used is deleted) and switched with `set_adapter`; "base"
 runs with the adapters disabled. Two or more panes answering at once share one `generate` call via
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studio.core.basemodels import inspect_base_model
+from studio.core.basemodels import BaseModelInfo, inspect_base_model
 from studio.core.errors import StudioError
 from studio.core.progress import ShouldStop
 from studio.ml.chat.adapters import BASE, LIVE, PEFT_BASE, AdapterSet, LoadedAdapter
@@ -97,9 +97,10 @@ def load_base_model(folder: Path, quant: str = "auto", device: str | None = None
 class ChatEngine:
     """One base model, many adapters, streamed answers. See the module docstring."""
 
-    def __init__(self, base_folder: Path | str, *, quant: str = "auto", max_loaded_adapters: int = 4,
+    def __init__(self, base: BaseModelInfo | Path | str, *, quant: str = "auto", max_loaded_adapters: int = 4,
                  library: Any = None, device: str | None = None) -> None:
-        self.base_info = inspect_base_model(base_folder)
+        # A resolved base keeps the id it was found by (studio id, repo id); a folder is identified here.
+        self.base_info = base if isinstance(base, BaseModelInfo) else inspect_base_model(base)
         self.base_folder = self.base_info.path
         self.fingerprint = self.base_info.fingerprint
         self._lock = threading.RLock()

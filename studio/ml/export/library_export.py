@@ -1,6 +1,6 @@
 """Merge or export a library adapter by id or name, smoke-tested: the functions the GUI and CLI call.
 
-Finds the adapter's base model through its manifest, then hands over to studio.ml.export.merge
+Finds the adapter's base model from what it records (the one base resolver), then hands over to studio.ml.export.merge
 (merged model, Ollama bundle) or to the library's own export (plain peft folder or .zip), whose
 result is loaded back with plain peft and must answer the probe prompt and stop at end of turn;
 an export that fails is removed again and reported as failed. GGUF LoRAs go to
@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.core.basemodels import resolve_base_model
+from studio.core.basemodels import BaseModelInfo
 from studio.core.errors import StudioError
+from studio.core.library.adapter_folder import adapter_base
 from studio.core.library.store import slugify
 from studio.core.progress import OnProgress, ShouldStop, StageProgress, Steps
 from studio.ml.chat.smoke import Check, SmokeResult
@@ -51,19 +52,15 @@ class ExportResult:
                 **({"details": self.details} if self.details else {})}
 
 
-def base_folder_for(library, entry) -> Path:
-    """The folder of the base model an adapter entry was trained on."""
-    name = entry.manifest.base_model
-    if not name:
-        raise StudioError(f"{entry.manifest.name!r} does not say which base model it was trained on.",
-                          hint="Name its base in studio.json (base_model), then try again.")
-    return resolve_base_model(library.data, name).path
+def base_model_for(library, entry) -> BaseModelInfo:
+    """The base model an adapter entry was trained on (studio.core.library.adapter_folder.adapter_base)."""
+    return adapter_base(library.data, entry.path, entry.manifest).inspect()
 
 
 def merge_adapter(library, adapter: str, dest: Path | str, dtype: str = "bf16", **kwargs: Any) -> MergeResult:
     """Merge a library adapter into its base and export the standalone model to `dest`."""
     entry = library.get(adapter)
-    return merge_and_export(base_folder_for(library, entry), entry.path, dest, dtype, **kwargs)
+    return merge_and_export(base_model_for(library, entry).path, entry.path, dest, dtype, **kwargs)
 
 
 def export_adapter(library, adapter: str, dest: Path | str, fmt: str = "peft", *,
@@ -76,7 +73,8 @@ def export_adapter(library, adapter: str, dest: Path | str, fmt: str = "peft", *
     if fmt not in FORMATS:
         raise StudioError(f"Unknown export format {fmt!r}.", hint=f"Use one of: {', '.join(FORMATS)}.")
     entry = library.get(adapter)
-    base = base_folder_for(library, entry)
+    base_info = base_model_for(library, entry)
+    base = base_info.path
     if fmt == "gguf":
         from studio.ml.export.gguf import write_lora_gguf
 
@@ -91,7 +89,7 @@ def export_adapter(library, adapter: str, dest: Path | str, fmt: str = "peft", *
         result: OllamaExport = export_ollama(
             base, entry.path, dest, from_ref=from_ref, system=system, adapter_name=entry.manifest.name,
             device=device, progress=progress, should_stop=should_stop, smoke_check=smoke_check,
-            **({"probe": probe} if probe else {}))
+            base_name=base_info.peft_name, **({"probe": probe} if probe else {}))
         return ExportResult(path=result.bundle.path, format=fmt, smoke=result.smoke, warnings=result.warnings)
     step = Steps(progress, should_stop)
     step("write", 0.0, f"Exporting {entry.manifest.name} as a {'zip' if fmt == 'zip' else 'peft folder'}…")

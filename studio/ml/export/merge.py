@@ -265,9 +265,10 @@ def export_ollama(base_folder: Path | str, adapter_folder: Path | str, dest: Pat
                   from_ref: str | None = None, system: str | None = None, adapter_name: str = "",
                   device: str | None = None, progress: OnProgress | None = None,
                   should_stop: ShouldStop | None = None, probe: str = PROBE_PROMPT,
-                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, smoke_check: Check | None = None
-                  ) -> OllamaExport:
-    """Write an Ollama bundle (Modelfile + adapter/) to `dest`, smoke-tested from the bundle's files."""
+                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, smoke_check: Check | None = None,
+                  base_name: str = "") -> OllamaExport:
+    """Write an Ollama bundle (Modelfile + adapter/) to `dest`, smoke-tested from the bundle's files;
+    `base_name` is what its adapter_config.json names the base by (see write_bundle)."""
     base_folder, adapter_folder, dest = Path(base_folder), Path(adapter_folder), Path(dest)
     step = Steps(progress, should_stop)
     step("check", 0.0, "Checking the adapter and the base…")
@@ -279,7 +280,8 @@ def export_ollama(base_folder: Path | str, adapter_folder: Path | str, dest: Pat
     with atomic.staging_dir(dest) as staging:
         step("write", 0.1, "Writing the Modelfile and the adapter files…")
         bundle = write_bundle(adapter_folder, staging, from_ref=from_ref or str(base_folder.resolve()),
-                              chat_template=chat_template, system=system, adapter_name=adapter_name)
+                              chat_template=chat_template, system=system, adapter_name=adapter_name,
+                              base_name=base_name)
         step("smoke", 0.3, "Loading the base and the bundled adapter for a smoke test…")
         smoke = smoke_test_adapter(base_folder, staging / "adapter", device=device, probe=probe,
                                    max_new_tokens=max_new_tokens, check=smoke_check,
