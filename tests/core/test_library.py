@@ -347,3 +347,19 @@ def test_library_imports_neither_torch_nor_qt():
             "bad = [m for m in ('torch', 'transformers', 'peft', 'PySide6') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_an_import_records_its_base_by_what_finds_it_from_anywhere(lib: AdapterLibrary, peft_adapter: Path,
+                                                                   tiny_base_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    """An adapter naming its base by a folder relative to where the user is gets that folder's full path."""
+    shutil.copytree(tiny_base_dir, tmp_path / "work" / "localbase")
+    claims_relative = copy_adapter(peft_adapter, tmp_path / "relative")
+    config = json.loads((claims_relative / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "localbase"
+    (claims_relative / "adapter_config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path / "work")
+    entry = lib.import_path(claims_relative)
+    assert entry.manifest.base_model == str(tmp_path / "work" / "localbase")
+    monkeypatch.chdir(tmp_path)
+    assert lib.get(entry.id).warnings == []  # its base is still found, from elsewhere

@@ -356,7 +356,7 @@ def inspect_adapter(folder: Path | str, base_lookup: BaseLookup | None = None, *
     else:
         base_tensors = tensor_infos(base_path)
         base_label = repr(claims[0] if claims else base_path.name)
-        if claims and base_path.name != claims[0]:
+        if claims and claims[0] not in (base_path.name, str(base_path)):
             base_label += f" (found at {base_path})"
         check_fits_base(groups, base_tensors, config, label, base_label)
         base_fp = fingerprint(read_config(base_path), base_tensors)

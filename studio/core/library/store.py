@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.core import atomic
+from studio.core.basemodels import locate_base
 from studio.core.errors import StudioError
 from studio.core.library.adapter_folder import (
     CONFIG_NAME,
@@ -242,6 +243,9 @@ class AdapterLibrary:
                 kept.id, kept.name = new_id, display
                 config = info.config
                 kept.base_model = kept.base_model or str(config.get("base_model_name_or_path") or "")
+                found = locate_base(self.data, kept.base_model) if kept.base_model else None
+                if found is not None:  # recorded by what finds it from anywhere, not as the adapter named it
+                    kept.base_model = found.id
                 kept.base_fingerprint = kept.base_fingerprint or info.base_fingerprint
                 kept.rank = kept.rank or int(config["r"])
                 kept.alpha = kept.alpha or float(config.get("lora_alpha", 8))
