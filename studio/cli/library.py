@@ -28,6 +28,9 @@ def cmd_list(args: argparse.Namespace, data: DataDir) -> Output:
     problems = library.problems()
     text = table([_entry_row(e) for e in entries], ["id", "name", "base", "method", "rank", "size", "tags"]) \
         if entries else "The library is empty. Import an adapter with `lora-studio import PATH`."
+    warned = [(e.id, w) for e in entries for w in e.warnings]
+    if warned:
+        text += "\n\nWarnings:\n" + "\n".join(f"  {adapter_id}: {w}" for adapter_id, w in warned)
     if problems:
         text += "\n\nFolders that are not usable adapters:\n" + "\n".join(f"  {p}: {msg}" for p, msg in problems)
     return Output({"adapters": [e.to_dict() for e in entries],

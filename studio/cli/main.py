@@ -39,6 +39,10 @@ def _add_group(sub: argparse._SubParsersAction, group: VerbGroup) -> None:
 
 
 def run(argv: list[str]) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not UTF-8 (kept by Python as lone surrogates) is printed escaped, not a crash.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 
@@ -22,12 +22,21 @@ DTYPE_BYTES = {
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
+# For each float dtype: the unsigned view of one element and the mask of its exponent bits. An
+# element whose exponent bits are all set is an Inf or a NaN, whatever the format.
+FLOAT_EXPONENT = {
+    "F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000),
+    "F64": ("<u8", 0x7FF0000000000000), "F8_E5M2": ("u1", 0x7C),
+}
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
+    offset: int = field(default=0, compare=False)  # where its data starts in the file
 
 
 def read_header(path: Path | str) -> dict[str, TensorInfo]:
@@ -51,6 +60,8 @@ def read_header(path: Path | str) -> dict[str, TensorInfo]:
         raise StudioError(f"Could not read {path}: {err.strerror or err}.") from err
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StudioError(f"{path.name} is not a valid safetensors file (its header is not JSON).") from err
+    except RecursionError as err:
+        raise StudioError(f"{path.name} is not a valid safetensors file (its header is nested too deeply).") from err
     if not isinstance(header, dict):
         raise StudioError(f"{path.name} is not a valid safetensors file (unexpected header).")
     data_size = size - 8 - header_len
@@ -76,7 +87,7 @@ def read_header(path: Path | str) -> dict[str, TensorInfo]:
                               f"{data_size} bytes of data are present.",
                               hint="Copy or download the file again.")
         spans.append((start, end, name))
-        tensors[name] = TensorInfo(name, dtype, shape, nbytes)
+        tensors[name] = TensorInfo(name, dtype, shape, nbytes, offset=8 + header_len + start)
     spans.sort()
     for (_, prev_end, prev_name), (start, _, name) in zip(spans, spans[1:], strict=False):
         if start < prev_end:
@@ -86,3 +97,26 @@ def read_header(path: Path | str) -> dict[str, TensorInfo]:
 
 def total_bytes(tensors: dict[str, TensorInfo]) -> int:
     return sum(t.nbytes for t in tensors.values())
+
+
+def nonfinite_tensors(path: Path | str, tensors: dict[str, TensorInfo]) -> list[str]:
+    """The names of the float tensors in `path` holding a NaN or an Inf (from `read_header`'s infos).
+
+    Reads the raw bits through a numpy memory map, so no torch and no copy of the file in memory.
+    F8_E4M3 has no Inf and a single NaN pattern, which this exponent test does not look for.
+    """
+    import numpy as np
+
+    bad: list[str] = []
+    try:
+        mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as err:  # ValueError: an empty file cannot be mapped
+        raise StudioError(f"Could not read {Path(path).name}: {err}.") from err
+    for name, info in tensors.items():
+        if info.dtype not in FLOAT_EXPONENT or not info.nbytes:
+            continue
+        view, mask = FLOAT_EXPONENT[info.dtype]
+        bits = mapped[info.offset:info.offset + info.nbytes].view(np.dtype(view))
+        if np.any((bits & np.array(mask, dtype=bits.dtype)) == mask):
+            bad.append(name)
+    return bad

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,9 +35,9 @@ from studio.core.basemodels import (
 )
 from studio.core.errors import StudioError
 from studio.core.library.archive import ZIP_JUNK
-from studio.core.library.manifest import MANIFEST_NAME, AdapterManifest, read_manifest
+from studio.core.library.manifest import MANIFEST_NAME, AdapterManifest, clean_text, read_manifest
 from studio.core.paths import DataDir
-from studio.core.tensorfiles import TensorInfo, read_header
+from studio.core.tensorfiles import TensorInfo, nonfinite_tensors, read_header
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ def read_adapter_config(folder: Path, label: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StudioError(f"{label}: {CONFIG_NAME} is not valid JSON ({err}).",
                           hint="Restore the file from the adapter's original source.") from err
+    except RecursionError as err:
+        raise StudioError(f"{label}: {CONFIG_NAME} is not usable: its JSON is nested too deeply.",
+                          hint="Restore the file from the adapter's original source.") from err
     if not isinstance(config, dict):
         raise StudioError(f"{label}: {CONFIG_NAME} should hold a JSON object.")
     peft_type = str(config.get("peft_type") or "")
@@ -107,7 +111,38 @@ def read_adapter_config(folder: Path, label: str) -> dict[str, Any]:
     alpha = config.get("lora_alpha", 8)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise StudioError(f"{label}: {CONFIG_NAME} has a non-numeric lora_alpha ({alpha!r}).")
+    check_config_values(config, label)
     return config
+
+
+def check_config_values(config: dict[str, Any], label: str) -> None:
+    """The types and values peft would trip over later: targets, rank/alpha patterns, finite alpha."""
+    where = f"{label}: {CONFIG_NAME}"
+    for key in ("target_modules", "target_parameters"):
+        targets = config.get(key)
+        if targets is None or isinstance(targets, str):
+            continue
+        if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+            raise StudioError(f"{where}: {key} should be a list of module names or one pattern, "
+                              f"not {targets!r:.80}.")
+    alpha = config.get("lora_alpha", 8)
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise StudioError(f"{where}: lora_alpha must be a positive finite number, not {alpha!r}.")
+    for key in ("rank_pattern", "alpha_pattern"):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict):
+            raise StudioError(f"{where}: {key} should map module patterns to numbers, not {patterns!r:.80}.")
+        for pattern, value in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise StudioError(f"{where}: {key} entry {pattern!r} is not a valid regular expression "
+                                  f"({err}).") from err
+            whole = isinstance(value, int) and value > 0
+            number = isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+            if isinstance(value, bool) or not (whole if key == "rank_pattern" else number):
+                raise StudioError(f"{where}: {key} gives {pattern!r} the value {value!r}; it must be a "
+                                  f"positive {'whole ' if key == 'rank_pattern' else ''}number.")
 
 
 def pickled_weights(folder: Path) -> list[Path]:
@@ -147,7 +182,7 @@ def infer_manifest(folder: Path, config: dict[str, Any], *, source: str = "infer
     mtime = (folder / CONFIG_NAME).stat().st_mtime
     created = datetime.fromtimestamp(mtime, timezone.utc).replace(microsecond=0).isoformat()
     return AdapterManifest(
-        id=folder.name, name=folder.name, base_model=str(config.get("base_model_name_or_path") or ""),
+        id=folder.name, name=clean_text(folder.name), base_model=str(config.get("base_model_name_or_path") or ""),
         method=method_of(config), rank=int(config["r"]), alpha=float(config.get("lora_alpha", 8)),
         target_modules=target_list(config),
         hyperparameters={"lora_dropout": config.get("lora_dropout", 0.0), "bias": config.get("bias", "none")},
@@ -290,6 +325,53 @@ def check_fits_base(groups: dict[str, dict[str, TensorInfo]], base: dict[str, Te
                               hint=hint)
 
 
+def check_rank_fits(groups: dict[str, dict[str, TensorInfo]], label: str) -> None:
+    """Refuse a LoRA pair whose rank exceeds both sides of the layer it adapts: no base has a use for it."""
+    for module, parts in groups.items():
+        a, b = parts["lora_A"], parts["lora_B"]
+        rank, in_f, out_f = a.shape[0], a.shape[1], b.shape[0]
+        if rank > max(in_f, out_f):
+            raise StudioError(f"{label}: module {module!r} has rank {rank} (tensor {a.name!r} {list(a.shape)}) "
+                              f"on a layer only {in_f} wide in and {out_f} out; a rank above "
+                              f"{min(in_f, out_f)} adds nothing there.",
+                              hint="Train it again with a smaller rank (8 to 64 is usual).")
+
+
+def check_targets_in_base(config: dict[str, Any], base: dict[str, TensorInfo], label: str, base_label: str) -> None:
+    """Every module `target_modules` names must exist in the base, as peft matches them (name suffix, or regex)."""
+    targets = config.get("target_modules")
+    if not targets or targets == "all-linear":
+        return
+    modules = {name.removesuffix(".weight") for name in base if name.endswith(".weight")}
+    if tied_embedding(base) is not None:
+        modules.add("lm_head")  # a tied output head has no weight of its own, but peft can target it
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, m) for m in modules):
+            raise StudioError(f"Adapter {label}: target_modules pattern {targets!r} matches no layer of base "
+                              f"model {base_label}.", hint="Use it with the base it was trained on.")
+        return
+    leaves = sorted({m.rsplit(".", 1)[-1] for m in modules})
+    for target in targets:
+        if not any(m == target or m.endswith(f".{target}") for m in modules):
+            raise StudioError(f"Adapter {label}: target_modules names {target!r}, which base model {base_label} "
+                              f"does not have (its layers end in {', '.join(leaves[:12])}).",
+                              hint="Use it with the base it was trained on, or fix target_modules in "
+                                   f"{CONFIG_NAME}.")
+
+
+def check_finite_weights(folder: Path, tensors: dict[str, TensorInfo], label: str) -> None:
+    """Refuse weights holding NaN or Inf: every answer of the adapted model would be garbage."""
+    bad = nonfinite_tensors(folder / WEIGHTS_NAME, tensors)
+    if bad:
+        first = bad[0]
+        match = LORA_TENSOR.match(first)
+        module = match["module"].removeprefix(PEFT_PREFIX) if match else first
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise StudioError(f"{label}: tensor {first!r} of module {module!r} holds NaN or infinite values{more}.",
+                          hint="The training that made it diverged; train it again, e.g. with a lower "
+                               "learning rate.")
+
+
 def find_adapter_root(root: Path, label: str) -> Path:
     """The folder of an unpacked zip holding adapter_config.json: the root or its one sub-folder."""
     if (root / CONFIG_NAME).is_file():
@@ -327,6 +409,7 @@ def inspect_adapter(folder: Path | str, base_lookup: BaseLookup | None = None, *
         warnings.append("Pickled weight files in the folder are ignored; only adapter_model.safetensors is used.")
     tensors = read_header(folder / WEIGHTS_NAME)
     groups = group_lora_tensors(tensors, config, label)
+    check_rank_fits(groups, label)
 
     manifest: AdapterManifest | None = None
     try:
@@ -359,6 +442,7 @@ def inspect_adapter(folder: Path | str, base_lookup: BaseLookup | None = None, *
         if claims and claims[0] not in (base_path.name, str(base_path)):
             base_label += f" (found at {base_path})"
         check_fits_base(groups, base_tensors, config, label, base_label)
+        check_targets_in_base(config, base_tensors, label, base_label)
         base_fp = fingerprint(read_config(base_path), base_tensors)
         if manifest.base_fingerprint and manifest.base_fingerprint != base_fp:
             warnings.append(f"The adapter was trained on a base with fingerprint {manifest.base_fingerprint}; "

@@ -34,6 +34,7 @@ from studio.core.library.adapter_folder import (
     PICKLE_SUFFIXES,
     BaseLookup,
     adapter_base,
+    check_finite_weights,
     check_weights_present,
     config_naming_base,
     default_base_lookup,
@@ -45,6 +46,7 @@ from studio.core.library.archive import extract_zip_safely
 from studio.core.library.manifest import (
     MANIFEST_NAME,
     AdapterManifest,
+    clean_text,
     now_iso,
     read_manifest,
     write_manifest,
@@ -134,6 +136,9 @@ class AdapterLibrary:
                 problems.append((folder, str(err)))
             except OSError as err:
                 problems.append((folder, f"could not be read: {err}"))
+            except Exception as err:  # noqa: BLE001 - one folder anyone may have edited never hides the others
+                log.warning("Adapter folder %s could not be read", folder, exc_info=True)
+                problems.append((folder, f"could not be read ({type(err).__name__}: {err})"))
         entries.sort(key=lambda e: (e.manifest.name.casefold(), e.id))
         return entries, problems
 
@@ -224,8 +229,8 @@ class AdapterLibrary:
         existing = None
         with contextlib.suppress(StudioError, TypeError, ValueError):
             existing = read_manifest(src)
-        chosen = (name or (manifest.name if manifest else "") or (existing.name if existing else "")
-                  or default_name).strip()
+        chosen = clean_text(name or (manifest.name if manifest else "") or (existing.name if existing else "")
+                            or default_name).strip()
         display = self._unique_name(chosen or "adapter")
         new_id = (manifest.id if manifest and manifest.id else "") or self._new_id(display)
         final = self.data.adapters / new_id
@@ -237,6 +242,7 @@ class AdapterLibrary:
                         continue
                     (os.replace if move else shutil.copy2)(item, stage / item.name)
                 info = inspect_adapter(stage, default_base_lookup(self.data), data=self.data, label=label)
+                check_finite_weights(stage, info.tensors, label)  # reads every weight: at import only
                 kept = dataclasses.replace(manifest) if manifest else info.manifest
                 if manifest is None and info.inferred:
                     kept.source = "imported"
@@ -255,7 +261,10 @@ class AdapterLibrary:
             raise StudioError(f"Could not add {label} to the library: {err}.",
                               hint="Check the free disk space and the folder's permissions.") from err
         log.info("Added adapter %s (%s)", new_id, display)
-        return self._entry(final)
+        entry = self._entry(final)
+        # What was repaired on the way in (a studio.json that could not be used) is said once, here.
+        entry.warnings = list(dict.fromkeys([*info.warnings, *entry.warnings]))
+        return entry
 
     # ------------------------------------------------------------ exporting
 
