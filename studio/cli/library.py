@@ -1,4 +1,4 @@
-"""CLI verbs for the adapter library: `list`, `show`, `import`, `export`, `rm`, `restore`, `rename`, `tag`.
+"""CLI verbs for the adapter library: `list`, `show`, `import`, `export`, `rm`, `restore`, `trash`, `rename`, `tag`.
 
 Thin front doors onto studio.core.library.store (and studio.ml.export for a smoke-tested export).
 """
@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from studio.cli.verb import AddParser, Output, VerbGroup, open_library, table, verb
+from studio.core.checks import check_number
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
 from studio.core.train.estimator import format_bytes
@@ -89,6 +90,21 @@ def cmd_restore(args: argparse.Namespace, data: DataDir) -> Output:
     return Output(entry.to_dict(), f"Restored {entry.manifest.name} as {entry.id}")
 
 
+@verb("trash", "list the trash, or empty it for good (--empty)")
+def cmd_trash(args: argparse.Namespace, data: DataDir) -> Output:
+    library = open_library(data)
+    if not args.empty:
+        items = library.trash()
+        rows = [[t.trash_id, t.name, t.deleted, format_bytes(t.size_bytes)] for t in items]
+        return Output({"trash": [t.to_dict() for t in items]},
+                      table(rows, ["trash id", "name", "deleted", "size"]) if rows else "The trash is empty.")
+    if args.older_than is not None:
+        check_number("--older-than", args.older_than)
+    removed = library.empty_trash(older_than_days=args.older_than)
+    age = f" deleted more than {args.older_than:g} days ago" if args.older_than is not None else ""
+    return Output({"removed": removed}, f"Deleted {removed} adapter(s){age} from the trash for good.")
+
+
 @verb("rename", "rename an adapter")
 def cmd_rename(args: argparse.Namespace, data: DataDir) -> Output:
     entry = open_library(data).rename(args.adapter, args.new_name)
@@ -119,6 +135,10 @@ def _arguments(add: AddParser) -> None:
                    help="skip loading the export back and asking it a probe prompt")
     add("rm").add_argument("adapter")
     add("restore").add_argument("trash_id", nargs="?")
+    p = add("trash")
+    p.add_argument("--empty", action="store_true", help="delete what is in the trash for good")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="with --empty: only what was deleted "
+                                                                     "more than DAYS days ago")
     p = add("rename")
     p.add_argument("adapter")
     p.add_argument("new_name")
@@ -128,5 +148,6 @@ def _arguments(add: AddParser) -> None:
     p.add_argument("--remove", nargs="*")
 
 
-GROUP = VerbGroup((cmd_list, cmd_show, cmd_import, cmd_export, cmd_rm, cmd_restore, cmd_rename, cmd_tag),
+GROUP = VerbGroup((cmd_list, cmd_show, cmd_import, cmd_export, cmd_rm, cmd_restore, cmd_trash, cmd_rename,
+                   cmd_tag),
                   _arguments)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from studio.cli.verb import AddParser, Output, VerbGroup, verb
+from studio.core.checks import check_number, check_seq_len
 from studio.core.dataset.files import DEFAULT_MAX_FILE_MB
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
@@ -18,6 +19,8 @@ def cmd_scan(args: argparse.Namespace, data: DataDir) -> Output:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise StudioError(f"{folder} is not a folder.", hint="Give the folder that holds your training files.")
+    check_seq_len("--seq-len", args.seq_len)
+    check_number("--max-file-mb", args.max_file_mb)
     if args.no_tokenizer:
         report = scan_folder(folder, max_file_mb=args.max_file_mb).report
     else:

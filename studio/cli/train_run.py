@@ -85,9 +85,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict = {}
     if getattr(args, "config", None):
         try:
-            values.update(json.loads(Path(args.config).read_text(encoding="utf-8")))
-        except (OSError, ValueError) as err:
+            stored = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as err:
             raise StudioError(f"Could not read the training config {args.config}: {err}.") from err
+        if not isinstance(stored, dict):
+            raise StudioError(f"The training config {args.config} should hold a JSON object of TrainConfig "
+                              f"fields, not a {type(stored).__name__}.",
+                              hint='For example {"rank": 8, "epochs": 2}.')
+        values.update(stored)
     if getattr(args, "resume", None):
         return TrainConfig(resume=args.resume)
     preset = getattr(args, "preset", None)

@@ -1,6 +1,20 @@
-"""The studio's user-facing error: a message that says what was wrong and what to do."""
+"""The studio's user-facing error, and the one rule that turns a full disk into such an error.
+
+`StudioError(message, hint)` carries a message that says what was wrong and what to do.
+`disk_full_as_message(path, doing)` wraps any write: an ENOSPC / EDQUOT OSError inside becomes
+"Could not DOING: the disk is full (N MB free at PATH)."; other OSErrors pass through unchanged.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import errno
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+# No space left on the device, or the user's disk quota exceeded: the same thing to the user.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
 class StudioError(Exception):
@@ -10,3 +24,31 @@ class StudioError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(f"{message} {hint}".strip())
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+
+
+def disk_full_error(path: Path | str, doing: str) -> StudioError:
+    """'Could not DOING: the disk is full (N MB free at PATH).' for the file system holding `path`."""
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent  # the nearest folder that exists is on the same disk
+    try:
+        free = f"{shutil.disk_usage(where).free / 1024**2:.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return StudioError(f"Could not {doing}: the disk is full ({free} at {where}).",
+                       hint="Free some space (empty the trash with `lora-studio trash --empty`), then try again.")
+
+
+@contextlib.contextmanager
+def disk_full_as_message(path: Path | str, doing: str) -> Iterator[None]:
+    """Run the block; a full disk inside raises `disk_full_error(path, doing)` instead of an OSError."""
+    try:
+        yield
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(path, doing) from err
+        raise

@@ -1,6 +1,6 @@
 """Where the studio keeps what the user owns: the data directory and its fixed sub-folders.
 
-Knows nothing about what lives in those folders; only their names.
+Knows nothing about what lives in those folders; only their names (and that they can be created).
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from studio.core.errors import StudioError, disk_full_as_message
 
 HOME_ENV = "LORA_STUDIO_HOME"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,5 +63,12 @@ def default_home() -> Path:
 
 
 def data_dir(root: Path | str | None = None) -> DataDir:
-    """The data directory (created if missing)."""
-    return DataDir(Path(root) if root is not None else default_home()).ensure()
+    """The data directory (created if missing); a path that cannot be one raises StudioError."""
+    data = DataDir(Path(root).expanduser() if root is not None else default_home())
+    try:
+        with disk_full_as_message(data.root, f"create the data directory {data.root}"):
+            return data.ensure()
+    except OSError as err:
+        problem = "is a file, not a folder" if data.root.is_file() else f"cannot be used ({err.strerror or err})"
+        raise StudioError(f"The data directory {data.root} {problem}.",
+                          hint=f"Point --home or ${HOME_ENV} at a folder you can write to.") from err

@@ -36,6 +36,23 @@ def install_linux(data_home: Path | None = None, desktop_dir: Path | None = None
     return written
 
 
+# The PowerShell that makes one .lnk. It is a constant: the paths reach it as environment variables,
+# never spliced into the command, so a path with an apostrophe or a `$` is only ever a string.
+WINDOWS_SHORTCUT_SCRIPT = (
+    "$s=(New-Object -ComObject WScript.Shell).CreateShortcut($env:LORA_STUDIO_LINK);"
+    "$s.TargetPath=$env:LORA_STUDIO_TARGET;$s.WorkingDirectory=$env:LORA_STUDIO_WORKDIR;"
+    "$s.IconLocation=$env:LORA_STUDIO_ICON;$s.WindowStyle=7;$s.Save()"
+)
+
+
+def windows_shortcut_command(link: Path, target: Path, workdir: Path, icon: Path) -> tuple[list[str], dict[str, str]]:
+    """The argument list and the extra environment that make `link` with PowerShell's WScript.Shell."""
+    argv = ["powershell", "-NoProfile", "-NonInteractive", "-Command", WINDOWS_SHORTCUT_SCRIPT]
+    env = {"LORA_STUDIO_LINK": str(link), "LORA_STUDIO_TARGET": str(target), "LORA_STUDIO_WORKDIR": str(workdir),
+           "LORA_STUDIO_ICON": str(icon)}
+    return argv, env
+
+
 def install_windows() -> list[Path]:
     """A Start-menu and a desktop shortcut (.lnk) made by PowerShell's WScript.Shell."""
     target = REPO_ROOT / "packaging" / "windows" / "LoRA-Studio.bat"
@@ -43,10 +60,8 @@ def install_windows() -> list[Path]:
     start_menu = Path(os.environ["APPDATA"]) / "Microsoft" / "Windows" / "Start Menu" / "Programs"
     links = [start_menu / "LoRA Studio.lnk", Path.home() / "Desktop" / "LoRA Studio.lnk"]
     for link in links:
-        script = (f"$s=(New-Object -ComObject WScript.Shell).CreateShortcut('{link}');"
-                  f"$s.TargetPath='{target}';$s.WorkingDirectory='{REPO_ROOT}';"
-                  f"$s.IconLocation='{icon}';$s.WindowStyle=7;$s.Save()")
-        result = subprocess.run(["powershell", "-NoProfile", "-Command", script], capture_output=True, text=True)
+        argv, env = windows_shortcut_command(link, target, REPO_ROOT, icon)
+        result = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env})
         if result.returncode != 0:
             raise StudioError(f"Could not create {link}: {result.stderr.strip()}")
     return links

@@ -16,7 +16,7 @@ from studio.cli.verb import Output, Verb, VerbGroup
 from tests.tiny_model import make_tiny_adapter
 
 # Every verb, named here by hand: a verb module left out of the registry fails this, loudly.
-ALL_VERBS = {"list", "show", "import", "export", "rm", "restore", "rename", "tag",  # library
+ALL_VERBS = {"list", "show", "import", "export", "rm", "restore", "trash", "rename", "tag",  # library
              "models", "doctor", "install-shortcut",  # base models and this machine
              "scan", "estimate", "train", "runs", "save-checkpoint",  # training
              "blend", "merge", "resize", "export-ollama",  # blending and exporting

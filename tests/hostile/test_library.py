@@ -188,12 +188,14 @@ def test_import_does_not_follow_a_symlink_out_of_the_source(lib: AdapterLibrary,
     secret = tmp_path / "private.txt"
     secret.write_text("my bank password")
     src = copy_of(adapter, tmp_path / "linked")
+    (src / "README.md").unlink(missing_ok=True)  # peft writes one; this one is a link to the private file
     (src / "README.md").symlink_to(secret)
     entry = lib.import_path(src)
     assert not (entry.path / "README.md").exists()
+    (entry.path / "LICENSE").symlink_to(secret)  # put into the library folder by hand: never shipped either
     out_zip = lib.export(entry.id, tmp_path / "out.zip", as_zip=True)
     with zipfile.ZipFile(out_zip) as archive:
-        assert not any("README" in n for n in archive.namelist())
+        assert not any("README" in n or "LICENSE" in n for n in archive.namelist())
         assert all(b"bank password" not in archive.read(n) for n in archive.namelist())
 
 
@@ -266,13 +268,38 @@ def test_emptying_the_trash(lib: AdapterLibrary, adapter: Path, capsys):
 
 
 def test_a_full_disk_while_creating_the_database_leaves_no_file(studio_home, monkeypatch: pytest.MonkeyPatch):
-    from studio.core.chat.records import Records
+    import sqlite3
 
-    real_write = os.write
-    monkeypatch.setattr(os, "write", disk_full)
-    monkeypatch.setattr(os, "replace", disk_full)
+    from studio.core.chat import records
+
+    real_connect = sqlite3.connect
+
+    def connect_to_a_full_disk(*args, **kwargs):
+        """Stands in for a full disk: a real SQLite connection that may not grow past one page, so it
+        fails with SQLite's own 'database or disk is full' (SQLITE_FULL), as on a disk with no room."""
+        conn = real_connect(*args, **kwargs)
+        conn.execute("PRAGMA max_page_count = 1")
+        return conn
+
+    monkeypatch.setattr(records.sqlite3, "connect", connect_to_a_full_disk)
     with pytest.raises(StudioError) as err:
-        Records(studio_home.database)
-    monkeypatch.setattr(os, "write", real_write)
-    assert "the disk is full" in str(err.value) and "move it aside" not in str(err.value)
+        records.Records(studio_home.database)
+    assert "the disk is full" in str(err.value) and "MB free at" in str(err.value)
+    assert "move it aside" not in str(err.value)
     assert not studio_home.database.exists()
+    monkeypatch.undo()
+    assert records.Records(studio_home.database).schema_version >= 1  # with room again, it is created as usual
+
+
+# ---------------------------------------------------------------- 6. the Windows shortcut
+
+
+def test_windows_shortcut_passes_paths_as_values_not_as_code(tmp_path: Path):
+    from studio.core.shortcuts import WINDOWS_SHORTCUT_SCRIPT, windows_shortcut_command
+
+    odd = tmp_path / "O'Brien's $(rm -r) files"
+    argv, env = windows_shortcut_command(odd / "LoRA Studio.lnk", odd / "LoRA-Studio.bat", odd, odd / "icon.ico")
+    assert argv[:2] == ["powershell", "-NoProfile"] and argv[-1] == WINDOWS_SHORTCUT_SCRIPT
+    assert not any("O'Brien" in a for a in argv), "a path must never be part of the command PowerShell parses"
+    assert env["LORA_STUDIO_LINK"] == str(odd / "LoRA Studio.lnk") and env["LORA_STUDIO_WORKDIR"] == str(odd)
+    assert all(f"$env:{name}" in WINDOWS_SHORTCUT_SCRIPT for name in env)

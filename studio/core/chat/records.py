@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.core.chat.ratings import WINNERS, Rating, rate
-from studio.core.errors import StudioError
+from studio.core.errors import StudioError, disk_full_as_message, disk_full_error
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "sessions, messages, votes, prompt sets", """
@@ -137,14 +137,31 @@ class PromptSet:
         return asdict(self)
 
 
+def _is_full(err: BaseException) -> bool:
+    """SQLite's 'database or disk is full' (SQLITE_FULL), raised for a full disk or quota."""
+    return isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 class Records:
     """The records database. Thread-safe: one connection per call, writes serialised."""
 
     def __init__(self, db_path: Path | str) -> None:
         self.path = Path(db_path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
-        self._migrate()
+        created = not self.path.exists()
+        try:
+            with disk_full_as_message(self.path.parent, "create the records database"):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._migrate()
+        except BaseException as err:
+            if created:  # a database that could not even be set up is removed, not left as a 0-byte file
+                for leftover in (self.path, *(self.path.with_name(self.path.name + s) for s in ("-wal", "-shm"))):
+                    with contextlib.suppress(OSError):
+                        leftover.unlink()
+            if _is_full(err) or _is_full(err.__cause__):  # also under the 'not usable' StudioError
+                raise disk_full_error(self.path.parent, "create the records database" if created
+                                      else f"update {self.path.name}") from err
+            raise
 
     # ------------------------------------------------------------ connections and schema
 

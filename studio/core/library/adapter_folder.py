@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+# What an import copies besides peft's two files and studio.json: small files people ship with an adapter.
+EXTRA_FILES = ("README.md", "LICENSE", "LICENSE.md", "LICENSE.txt")
+MAX_EXTRA_BYTES = 1024**2
+MAX_WEIGHTS_BYTES = 20 * 1024**3
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 PEFT_PREFIX = "base_model.model."
 LORA_TENSOR = re.compile(
@@ -143,6 +147,37 @@ def check_config_values(config: dict[str, Any], label: str) -> None:
             if isinstance(value, bool) or not (whole if key == "rank_pattern" else number):
                 raise StudioError(f"{where}: {key} gives {pattern!r} the value {value!r}; it must be a "
                                   f"positive {'whole ' if key == 'rank_pattern' else ''}number.")
+
+
+def importable_files(folder: Path, label: str) -> list[Path]:
+    """The files an import copies from `folder`: peft's two, studio.json and small known extras.
+
+    Nothing else comes in (logs, notes, data a user left beside the adapter), and a symbolic link
+    is never followed, except for peft's own two files, which the Hugging Face cache keeps as links
+    into its blobs and which are validated in full after the copy.
+    """
+    chosen: list[Path] = []
+    for name in (CONFIG_NAME, WEIGHTS_NAME, MANIFEST_NAME, *EXTRA_FILES):
+        path = folder / name
+        if name in (CONFIG_NAME, WEIGHTS_NAME):
+            if path.is_file():
+                chosen.append(path)
+            continue
+        if path.is_symlink() or not path.is_file():
+            if path.is_symlink():
+                log.warning("%s: not importing %s, a symbolic link", label, name)
+            continue
+        if path.stat().st_size > MAX_EXTRA_BYTES:
+            log.warning("%s: not importing %s (%d bytes, more than an extra file may take)",
+                        label, name, path.stat().st_size)
+            continue
+        chosen.append(path)
+    weights = folder / WEIGHTS_NAME
+    if weights.is_file() and weights.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise StudioError(f"{label}: {WEIGHTS_NAME} is {weights.stat().st_size / 1024**3:.1f} GiB, more than "
+                          f"the {MAX_WEIGHTS_BYTES / 1024**3:.0f} GiB any LoRA adapter takes.",
+                          hint="Check that it is a LoRA adapter and not a whole model.")
+    return chosen
 
 
 def pickled_weights(folder: Path) -> list[Path]:

@@ -28,10 +28,12 @@ from typing import Any
 
 from studio.core import atomic
 from studio.core.basemodels import locate_base
-from studio.core.errors import StudioError
+from studio.core.errors import StudioError, disk_full_as_message, disk_full_error, is_disk_full
 from studio.core.library.adapter_folder import (
     CONFIG_NAME,
+    EXTRA_FILES,
     PICKLE_SUFFIXES,
+    WEIGHTS_NAME,
     BaseLookup,
     adapter_base,
     check_finite_weights,
@@ -39,6 +41,7 @@ from studio.core.library.adapter_folder import (
     config_naming_base,
     default_base_lookup,
     find_adapter_root,
+    importable_files,
     inspect_adapter,
     read_adapter_config,
 )
@@ -101,6 +104,12 @@ def _check_id(adapter_id: str, what: str = "adapter id") -> str:
     if not adapter_id or adapter_id.startswith(".") or any(c in adapter_id for c in "/\\") or "\0" in adapter_id:
         raise StudioError(f"{adapter_id!r} is not a valid {what}.", hint="Use the id shown by `lora-studio list`.")
     return adapter_id
+
+
+def _wanted_from_zip(name: str) -> bool:
+    """Only what an import may copy is unpacked (pickles too, to refuse them by name)."""
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    return base in (CONFIG_NAME, WEIGHTS_NAME, MANIFEST_NAME, *EXTRA_FILES) or base.lower().endswith(PICKLE_SUFFIXES)
 
 
 # ---------------------------------------------------------------- the library
@@ -198,7 +207,7 @@ class AdapterLibrary:
             return self._land(src, name=name, default_name=src.name, move=False)
         if src.is_file() and (src.suffix.lower() == ".zip" or zipfile.is_zipfile(src)):
             with self._scratch() as scratch:
-                extract_zip_safely(src, scratch)
+                extract_zip_safely(src, scratch, keep=_wanted_from_zip)
                 folder = find_adapter_root(scratch, src.name)
                 return self._land(folder, name=name, default_name=src.stem if folder == scratch else folder.name,
                                   move=True, label=repr(src.name))
@@ -236,10 +245,7 @@ class AdapterLibrary:
         final = self.data.adapters / new_id
         try:
             with atomic.staging_dir(final) as stage:
-                for item in sorted(src.iterdir()):
-                    if not item.is_file() or item.name.startswith(".") or item.suffix.lower() in PICKLE_SUFFIXES:
-                        log.info("Not importing %s", item)
-                        continue
+                for item in importable_files(src, label):
                     (os.replace if move else shutil.copy2)(item, stage / item.name)
                 info = inspect_adapter(stage, default_base_lookup(self.data), data=self.data, label=label)
                 check_finite_weights(stage, info.tensors, label)  # reads every weight: at import only
@@ -258,8 +264,10 @@ class AdapterLibrary:
                 kept.target_modules = kept.target_modules or info.manifest.target_modules
                 write_manifest(stage, kept)
         except OSError as err:
+            if is_disk_full(err):
+                raise disk_full_error(self.data.adapters, f"add {label} to the library") from err
             raise StudioError(f"Could not add {label} to the library: {err}.",
-                              hint="Check the free disk space and the folder's permissions.") from err
+                              hint="Check the folder's permissions.") from err
         log.info("Added adapter %s (%s)", new_id, display)
         entry = self._entry(final)
         # What was repaired on the way in (a studio.json that could not be used) is said once, here.
@@ -280,8 +288,8 @@ class AdapterLibrary:
             target = dest / stem if dest.is_dir() else dest
         if target.exists():
             raise StudioError(f"{target} already exists.", hint="Choose another destination, or remove it first.")
-        files = [p for p in sorted(entry.path.iterdir()) if p.is_file() and not p.name.startswith(".")
-                 and p.suffix.lower() not in PICKLE_SUFFIXES and p.name not in (MANIFEST_NAME, CONFIG_NAME)]
+        # What an import would take, so a file or link put into the folder by hand never ships.
+        files = [p for p in importable_files(entry.path, repr(entry.id)) if p.name not in (MANIFEST_NAME, CONFIG_NAME)]
         written = {MANIFEST_NAME: json.dumps(entry.manifest.to_dict(), indent=2, ensure_ascii=False) + "\n",
                    CONFIG_NAME: self.exported_config(entry)}
         try:
@@ -299,6 +307,8 @@ class AdapterLibrary:
                 for name, text in written.items():
                     archive.writestr(f"{stem}/{name}", text, zipfile.ZIP_DEFLATED)
         except OSError as err:
+            if is_disk_full(err):
+                raise disk_full_error(target.parent, f"export {entry.manifest.name!r}") from err
             raise StudioError(f"Could not export {entry.manifest.name!r} to {target}: {err}.",
                               hint="Check the free disk space and that the destination is writable.") from err
         return target
@@ -318,7 +328,8 @@ class AdapterLibrary:
     def _update(self, id_or_name: str, change) -> AdapterEntry:
         entry = self.get(id_or_name)
         change(entry.manifest)
-        write_manifest(entry.path, entry.manifest)
+        with disk_full_as_message(entry.path, f"save the changes to {entry.manifest.name!r}"):
+            write_manifest(entry.path, entry.manifest)  # atomic: a full disk leaves the old studio.json
         return self._entry(entry.path)
 
     def rename(self, id_or_name: str, new_name: str) -> AdapterEntry:
@@ -356,13 +367,22 @@ class AdapterLibrary:
             name = (read_manifest(folder) or AdapterManifest(id=name, name=name)).name
         trash_id = f"{folder.name}-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
         holder = self.data.trash / trash_id
-        holder.mkdir(parents=True)
-        atomic.write_json(holder / TRASH_RECORD, {"schema_version": 1, "trash_id": trash_id,
-                                                  "original_id": folder.name, "name": name, "deleted": now_iso()})
         try:
-            os.replace(folder, holder / "adapter")
-        except OSError:
-            shutil.move(str(folder), str(holder / "adapter"))
+            with disk_full_as_message(self.data.trash, f"move {name!r} to the trash"):
+                holder.mkdir(parents=True)
+                atomic.write_json(holder / TRASH_RECORD, {"schema_version": 1, "trash_id": trash_id,
+                                                          "original_id": folder.name, "name": name,
+                                                          "deleted": now_iso()})
+                try:
+                    os.replace(folder, holder / "adapter")
+                except OSError as err:
+                    if is_disk_full(err):
+                        raise
+                    shutil.move(str(folder), str(holder / "adapter"))  # another file system: copy, then delete
+        except BaseException:
+            if folder.is_dir():  # the adapter is still where it was: no half-made trash entry stays behind
+                shutil.rmtree(holder, ignore_errors=True)
+            raise
         log.info("Moved %s to the trash as %s", folder.name, trash_id)
         return trash_id
 
@@ -408,6 +428,8 @@ class AdapterLibrary:
         """Delete trashed adapters for good (only those older than N days if given). Returns how many."""
         now = datetime.now(timezone.utc)
         removed = 0
+        for leftover in self.data.trash.glob(".*.deleting"):  # an emptying that was cut short
+            shutil.rmtree(leftover, ignore_errors=True)
         for holder in [p for p in self.data.trash.iterdir() if p.is_dir() and not p.name.startswith(".")]:
             if older_than_days is not None:
                 try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from studio.core.basemodels import DEFAULT_BASE_ID
+from studio.core.checks import check_choice, check_number, check_positive, check_seq_len, check_whole
 from studio.core.dataset.files import DEFAULT_MAX_FILE_MB
 from studio.core.errors import StudioError
 
@@ -143,32 +144,34 @@ class TrainConfig:
         for name in ("data_folder", "adapter_name", "base", "preset", "parent_adapter", "resume", "notes"):
             if not isinstance(getattr(self, name), str):
                 raise StudioError(f"{name} must be text, not {getattr(self, name)!r}.")
-        _choice("method", self.method, METHODS)
-        _choice("quant", self.quant, QUANTS)
-        _choice("lr_schedule", self.lr_schedule, SCHEDULES)
-        _choice("device", self.device, DEVICES)
-        _choice("long_samples", self.long_samples, LONG_SAMPLES)
+        check_choice("method", self.method, METHODS)
+        check_choice("quant", self.quant, QUANTS)
+        check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        check_choice("device", self.device, DEVICES)
+        check_choice("long_samples", self.long_samples, LONG_SAMPLES)
         if self.preset:
-            _choice("preset", self.preset, tuple(PRESETS))
+            check_choice("preset", self.preset, tuple(PRESETS))
         if isinstance(self.targets, str):
-            _choice("targets", self.targets, TARGET_PRESETS)
+            check_choice("targets", self.targets, TARGET_PRESETS)
         elif not self.targets or not all(isinstance(t, str) and t for t in self.targets):
             raise StudioError(f"targets must be 'attention', 'all-linear' or a list of module names, "
                               f"not {list(self.targets)!r}.")
         if not all(isinstance(p, str) for p in self.probe_prompts):
             raise StudioError(f"probe_prompts must be a list of prompts (text), not {list(self.probe_prompts)!r}.")
-        _positive("rank", self.rank)
-        _positive("micro_batch_size", self.micro_batch_size)
-        _positive("grad_accum", self.grad_accum)
-        _positive("keep_checkpoints", self.keep_checkpoints)
-        _positive("sample_max_new_tokens", self.sample_max_new_tokens)
-        _positive("seq_len", self.seq_len)
+        check_positive("rank", self.rank)
+        check_positive("micro_batch_size", self.micro_batch_size)
+        check_positive("grad_accum", self.grad_accum)
+        check_positive("keep_checkpoints", self.keep_checkpoints)
+        check_positive("sample_max_new_tokens", self.sample_max_new_tokens)
+        check_seq_len("seq_len", self.seq_len)
         for name in ("warmup_steps", "max_steps", "eval_every", "checkpoint_every", "sample_every",
                      "early_stopping_patience", "memory_every", "seed"):
-            _whole(name, getattr(self, name))
+            check_whole(name, getattr(self, name))
         for name in ("alpha", "dropout", "learning_rate", "warmup_ratio", "epochs", "val_fraction", "weight_decay",
-                     "max_grad_norm", "slow_step_factor"):
-            _number(name, getattr(self, name))
+                     "max_grad_norm", "slow_step_factor", "max_file_mb"):
+            check_number(name, getattr(self, name))
+        if self.max_file_mb <= 0:
+            raise StudioError(f"max_file_mb must be positive, not {self.max_file_mb}.")
         if not isinstance(self.gradient_checkpointing, bool):
             raise StudioError(f"gradient_checkpointing must be true or false, not {self.gradient_checkpointing!r}.")
         if self.alpha <= 0:
@@ -183,8 +186,6 @@ class TrainConfig:
         if self.max_steps == 0 and not self.epochs > 0:
             raise StudioError(f"epochs must be positive when max_steps is 0, not {self.epochs}.",
                               hint="Give a positive number of epochs or max_steps.")
-        if self.seq_len < 16:
-            raise StudioError(f"seq_len {self.seq_len} is too short.", hint="Use 256 to 4096 tokens.")
         if not 0 <= self.val_fraction < 0.9:
             raise StudioError(f"val_fraction must be in [0, 0.9), not {self.val_fraction}.")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
@@ -217,22 +218,3 @@ class TrainConfig:
 
         return self.adapter_name or (Path(self.data_folder).name if self.data_folder else "") or "adapter"
 
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise StudioError(f"{name} {value!r} is not supported.", hint=f"Use one of: {', '.join(allowed)}.")
-
-
-def _positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise StudioError(f"{name} must be a positive whole number, not {value!r}.")
-
-
-def _whole(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise StudioError(f"{name} must be a whole number, 0 or more, not {value!r}.")
-
-
-def _number(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise StudioError(f"{name} must be a number, not {value!r}.")

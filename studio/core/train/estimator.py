@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.core.checks import check_number, check_positive, check_seq_len
 from studio.core.errors import StudioError
 from studio.core.train.estimator_params import (
     ALL_LINEAR_MODULES,
@@ -144,10 +145,13 @@ def _check(req: EstimateRequest) -> None:
         raise StudioError(f"Unknown device {req.device!r}.", hint="Use cuda or cpu.")
     if req.optimizer not in OPTIMIZER_STATE_BYTES:
         raise StudioError(f"Unknown optimizer {req.optimizer!r}.", hint="Use adamw or paged_adamw_8bit.")
-    for name in ("rank", "seq_len", "batch_size", "compute_dtype_bytes"):
-        value = getattr(req, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise StudioError(f"{name} must be a positive whole number (got {value!r}).")
+    for name in ("rank", "batch_size", "compute_dtype_bytes"):
+        check_positive(name, getattr(req, name))
+    check_seq_len("seq_len", req.seq_len)
+    check_number("alpha", req.alpha)
+    check_number("lora_dropout", req.lora_dropout)
+    if req.alpha <= 0:
+        raise StudioError(f"alpha must be positive, not {req.alpha}.", hint="A common choice is 2 x rank.")
 
 
 def _live_layer_per_token(shape: ModelShape, targets: tuple[str, ...], req: EstimateRequest) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from studio.core.checks import check_number, check_positive, check_whole
 from studio.core.errors import StudioError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,12 @@ class GenerationSettings:
 
     def check(self) -> GenerationSettings:
         """Raise StudioError naming the first value out of range; return self."""
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            check_number(name, getattr(self, name))
+        check_whole("top_k", self.top_k)
+        check_positive("max_new_tokens", self.max_new_tokens)
+        if self.seed is not None:
+            check_whole("seed", self.seed)
         if self.temperature < 0:
             raise StudioError(f"Temperature {self.temperature} is negative.", hint="Use 0 (greedy) to 2.")
         if not 0 < self.top_p <= 1:

@@ -38,6 +38,7 @@ from studio.core.train.events import (
     Stopped,
     Warning,
 )
+from studio.core.train.preflight import check_before_run
 from studio.core.train.run_dir import RunDir, step_of
 from studio.ml.base import loading as model_loading
 from studio.ml.base.default_model import resolve_base
@@ -89,6 +90,7 @@ def run_training(config: TrainConfig, data: DataDir, on_event: Callable[[Event],
     Raises StudioError only for an invalid config or an unknown run to resume, before anything
     starts; every later problem is a Failed event and a RunResult with status "failed".
     """
+    check_before_run(config, data)  # a bad argument is refused before a run folder exists
     return _Run(config, data, on_event, should_stop or (lambda: False)).run()
 
 
