@@ -303,3 +303,51 @@ def test_windows_shortcut_passes_paths_as_values_not_as_code(tmp_path: Path):
     assert not any("O'Brien" in a for a in argv), "a path must never be part of the command PowerShell parses"
     assert env["LORA_STUDIO_LINK"] == str(odd / "LoRA Studio.lnk") and env["LORA_STUDIO_WORKDIR"] == str(odd)
     assert all(f"$env:{name}" in WINDOWS_SHORTCUT_SCRIPT for name in env)
+
+
+def test_a_zip_brings_in_only_the_adapter(lib: AdapterLibrary, adapter: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch):
+
+    packed = tmp_path / "extras.zip"
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as out:
+        for item in adapter.iterdir():
+            if item.name != "README.md":
+                out.write(item, f"voice/{item.name}")
+        out.writestr("voice/README.md", os.urandom(2 * 1024**2))  # over the 1 MiB an extra file may take
+        out.writestr("voice/data/train.jsonl", os.urandom(1024**2))
+    written: list[str] = []
+    real_open = Path.open
+
+    def spy(self: Path, mode: str = "r", *args, **kwargs):
+        if "w" in mode and ".import-" in str(self):
+            written.append(self.name)
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", spy)
+    entry = lib.import_path(packed)
+    assert sorted(written) == ["adapter_config.json", "adapter_model.safetensors"]  # nothing else unpacked
+    assert sorted(p.name for p in entry.path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                             "studio.json"]
+
+
+# ---------------------------------------------------------------- 1. in the window
+
+
+def test_the_window_lists_a_broken_folder_greyed_with_its_reason(qtbot, lib: AdapterLibrary, adapter: Path):
+    from PySide6.QtCore import Qt
+
+    from studio.gui.library.panel import LibraryPanel
+
+    good = lib.import_path(adapter, name="good one")
+    odd = copy_of(adapter, lib.data.adapters / "odd-metrics")
+    edit_json(odd / "studio.json", id="odd-metrics", name="odd", metrics={"final_loss": "low"}, tags=["a"])
+    broken = copy_of(adapter, lib.data.adapters / "broken")
+    edit_json(broken / "adapter_config.json", target_modules=5)
+    panel = LibraryPanel(lib.data)
+    qtbot.addWidget(panel)
+    qtbot.waitUntil(lambda: panel.table.rowCount() == 3, timeout=10_000)
+    rows = {panel.table.item(r, 0).data(Qt.ItemDataRole.UserRole): r for r in range(panel.table.rowCount())}
+    assert set(rows) == {good.id, "odd-metrics", "broken"}
+    reason = panel.table.item(rows["broken"], 1)
+    assert "target_modules should be a list" in reason.text() and reason.toolTip() in reason.text()
+    assert reason.foreground().color() != panel.table.item(rows[good.id], 1).foreground().color()

@@ -46,6 +46,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 # What an import copies besides peft's two files and studio.json: small files people ship with an adapter.
 EXTRA_FILES = ("README.md", "LICENSE", "LICENSE.md", "LICENSE.txt")
 MAX_EXTRA_BYTES = 1024**2
+MAX_MANIFEST_BYTES = 16 * 1024**2
 MAX_WEIGHTS_BYTES = 20 * 1024**3
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 PEFT_PREFIX = "base_model.model."
@@ -167,9 +168,8 @@ def importable_files(folder: Path, label: str) -> list[Path]:
             if path.is_symlink():
                 log.warning("%s: not importing %s, a symbolic link", label, name)
             continue
-        if path.stat().st_size > MAX_EXTRA_BYTES:
-            log.warning("%s: not importing %s (%d bytes, more than an extra file may take)",
-                        label, name, path.stat().st_size)
+        if path.stat().st_size > extra_file_limit(name):
+            log.warning("%s: not importing %s (%d bytes, more than it may take)", label, name, path.stat().st_size)
             continue
         chosen.append(path)
     weights = folder / WEIGHTS_NAME
@@ -178,6 +178,11 @@ def importable_files(folder: Path, label: str) -> list[Path]:
                           f"the {MAX_WEIGHTS_BYTES / 1024**3:.0f} GiB any LoRA adapter takes.",
                           hint="Check that it is a LoRA adapter and not a whole model.")
     return chosen
+
+
+def extra_file_limit(name: str) -> int:
+    """The most bytes an import takes of studio.json or one of EXTRA_FILES."""
+    return MAX_MANIFEST_BYTES if name == MANIFEST_NAME else MAX_EXTRA_BYTES
 
 
 def pickled_weights(folder: Path) -> list[Path]:

@@ -26,10 +26,10 @@ ZIP_JUNK = ("__MACOSX",)  # folders zip tools add that are never the adapter
 
 def extract_zip_safely(src: Path, dest: Path, *, max_total: int = MAX_ZIP_TOTAL_BYTES,
                        max_ratio: float = MAX_ZIP_RATIO, max_entries: int = MAX_ZIP_ENTRIES,
-                       keep: Callable[[str], bool] | None = None) -> None:
+                       keep: Callable[[zipfile.ZipInfo], bool] | None = None) -> None:
     """Unpack `src` into the empty folder `dest`, refusing anything that could escape or explode.
 
-    Every entry is checked; only those `keep(name)` accepts (all by default) are written, and only
+    Every entry is checked; only those `keep(info)` accepts (all by default) are written, and only
     their sizes count against `max_total` and the free space.
     """
     label = src.name
@@ -41,7 +41,7 @@ def extract_zip_safely(src: Path, dest: Path, *, max_total: int = MAX_ZIP_TOTAL_
             if len(infos) > max_entries:
                 raise StudioError(f"{label} was refused: it holds {len(infos)} entries; an adapter has a "
                                   f"handful (at most {max_entries} are accepted).", hint=remake)
-            infos_kept = [i for i in infos if keep is None or keep(i.filename.replace("\\", "/"))]
+            infos_kept = [i for i in infos if keep is None or keep(i)]
             for info in infos:
                 name = info.filename.replace("\\", "/")
                 if name.startswith("/") or re.match(r"^[A-Za-z]:", name):

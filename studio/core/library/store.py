@@ -40,6 +40,7 @@ from studio.core.library.adapter_folder import (
     check_weights_present,
     config_naming_base,
     default_base_lookup,
+    extra_file_limit,
     find_adapter_root,
     importable_files,
     inspect_adapter,
@@ -106,10 +107,12 @@ def _check_id(adapter_id: str, what: str = "adapter id") -> str:
     return adapter_id
 
 
-def _wanted_from_zip(name: str) -> bool:
+def _wanted_from_zip(info: zipfile.ZipInfo) -> bool:
     """Only what an import may copy is unpacked (pickles too, to refuse them by name)."""
-    base = name.rstrip("/").rsplit("/", 1)[-1]
-    return base in (CONFIG_NAME, WEIGHTS_NAME, MANIFEST_NAME, *EXTRA_FILES) or base.lower().endswith(PICKLE_SUFFIXES)
+    base = info.filename.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    if base in (CONFIG_NAME, WEIGHTS_NAME) or base.lower().endswith(PICKLE_SUFFIXES):
+        return True
+    return base in (MANIFEST_NAME, *EXTRA_FILES) and info.file_size <= extra_file_limit(base)
 
 
 # ---------------------------------------------------------------- the library

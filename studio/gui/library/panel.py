@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -148,17 +149,26 @@ class LibraryPanel(QWidget):
         self.pending_select = None
         self.table.setSortingEnabled(False)
         self.table.clearSelection()
-        self.table.setRowCount(len(entries))
+        self.table.setRowCount(len(entries) + len(problems))
         for row, entry in enumerate(entries):
             m = entry.manifest
             metrics = m.metrics if isinstance(m.metrics, dict) else {}
             final_loss = metrics.get("final_train_loss", metrics.get("final_loss"))
             values = [m.name, m.base_model or "?", m.method, str(m.rank), human_bytes(entry.size_bytes),
-                      m.created[:16].replace("T", " "), f"{final_loss:.3f}" if final_loss else "",
-                      ", ".join(m.tags)]
+                      m.created[:16].replace("T", " "),
+                      f"{final_loss:.3f}" if isinstance(final_loss, (int, float)) else "", ", ".join(m.tags)]
             for col, value in enumerate(values):
                 item = QTableWidgetItem(value)
                 item.setData(Qt.ItemDataRole.UserRole, entry.id)
+                self.table.setItem(row, col, item)
+        grey = self.palette().color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text)
+        for row, (path, message) in enumerate(problems, start=len(entries)):
+            # A broken folder is listed greyed with its reason, so it can be seen and thrown away.
+            for col, value in enumerate([Path(path).name, f"not usable: {message}", *[""] * 6]):
+                item = QTableWidgetItem(value)
+                item.setData(Qt.ItemDataRole.UserRole, Path(path).name)
+                item.setForeground(grey)
+                item.setToolTip(message)
                 self.table.setItem(row, col, item)
         self.table.setSortingEnabled(True)
         self.empty_label.setVisible(not entries)
