@@ -78,14 +78,18 @@ def cmd_rm(args: argparse.Namespace, data: DataDir) -> Output:
     return Output({"trash_id": trash_id}, f"Moved to the trash as {trash_id}. Undo: lora-studio restore {trash_id}")
 
 
+def _trash_listing(library) -> Output:
+    items = library.trash()
+    rows = [[t.trash_id, t.name, t.deleted, format_bytes(t.size_bytes)] for t in items]
+    return Output({"trash": [t.to_dict() for t in items]},
+                  table(rows, ["trash id", "name", "deleted", "size"]) if rows else "The trash is empty.")
+
+
 @verb("restore", "restore an adapter from the trash (no argument: list the trash)")
 def cmd_restore(args: argparse.Namespace, data: DataDir) -> Output:
     library = open_library(data)
     if not args.trash_id:
-        items = library.trash()
-        rows = [[t.trash_id, t.name, t.deleted] for t in items]
-        return Output({"trash": [t.to_dict() for t in items]},
-                      table(rows, ["trash id", "name", "deleted"]) if rows else "The trash is empty.")
+        return _trash_listing(library)
     entry = library.restore(args.trash_id)
     return Output(entry.to_dict(), f"Restored {entry.manifest.name} as {entry.id}")
 
@@ -94,10 +98,7 @@ def cmd_restore(args: argparse.Namespace, data: DataDir) -> Output:
 def cmd_trash(args: argparse.Namespace, data: DataDir) -> Output:
     library = open_library(data)
     if not args.empty:
-        items = library.trash()
-        rows = [[t.trash_id, t.name, t.deleted, format_bytes(t.size_bytes)] for t in items]
-        return Output({"trash": [t.to_dict() for t in items]},
-                      table(rows, ["trash id", "name", "deleted", "size"]) if rows else "The trash is empty.")
+        return _trash_listing(library)
     if args.older_than is not None:
         check_number("--older-than", args.older_than)
     removed = library.empty_trash(older_than_days=args.older_than)

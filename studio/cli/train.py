@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from studio.cli.verb import AddParser, Output, VerbGroup, verb
-from studio.core.checks import check_number, check_seq_len
+from studio.core.checks import check_fits_positions, check_number, check_seq_len
 from studio.core.dataset.files import DEFAULT_MAX_FILE_MB
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
@@ -40,6 +40,7 @@ def cmd_estimate(args: argparse.Namespace, data: DataDir) -> Output:
     from studio.ml.base.hardware import detect_device
 
     config = base_config(data, args.base)  # the config alone: nothing is loaded or converted
+    check_fits_positions("--seq-len", args.seq_len, config, repr(args.base or "the default model"))
     targets = args.targets if args.targets in ("attention", "all-linear") else args.targets.split(",")
     device = detect_device(probe_bnb=False)
     result = estimate(EstimateRequest.on_device(

@@ -62,6 +62,11 @@ def test_estimate_refuses_what_train_refuses(argv: list[str], field: str, studio
     assert field in refused(capsys, *argv)
 
 
+def test_estimate_refuses_a_seq_len_beyond_the_bases_positions(tiny_home, capsys):
+    assert "--seq-len 10000000 is longer than the 512 positions" in refused(
+        capsys, "estimate", "--base", "tiny-llama", "--seq-len", "10000000")
+
+
 def test_scan_refuses_a_zero_seq_len(folder: Path, studio_home, capsys):
     assert "--seq-len" in refused(capsys, "scan", str(folder), "--seq-len", "0", "--no-tokenizer")
 
