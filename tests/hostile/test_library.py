@@ -336,6 +336,7 @@ def test_a_zip_brings_in_only_the_adapter(lib: AdapterLibrary, adapter: Path, tm
 def test_the_window_lists_a_broken_folder_greyed_with_its_reason(qtbot, lib: AdapterLibrary, adapter: Path):
     from PySide6.QtCore import Qt
 
+    from studio.gui.changes import ChangeNotifier
     from studio.gui.library.panel import LibraryPanel
 
     good = lib.import_path(adapter, name="good one")
@@ -343,7 +344,7 @@ def test_the_window_lists_a_broken_folder_greyed_with_its_reason(qtbot, lib: Ada
     edit_json(odd / "studio.json", id="odd-metrics", name="odd", metrics={"final_loss": "low"}, tags=["a"])
     broken = copy_of(adapter, lib.data.adapters / "broken")
     edit_json(broken / "adapter_config.json", target_modules=5)
-    panel = LibraryPanel(lib.data)
+    panel = LibraryPanel(lib.data, ChangeNotifier())
     qtbot.addWidget(panel)
     qtbot.waitUntil(lambda: panel.table.rowCount() == 3, timeout=10_000)
     rows = {panel.table.item(r, 0).data(Qt.ItemDataRole.UserRole): r for r in range(panel.table.rowCount())}
