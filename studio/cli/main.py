@@ -15,6 +15,7 @@ import sys
 from studio.cli.registry import GROUPS, VERBS
 from studio.cli.verb import VerbGroup
 from studio.core.errors import StudioError
+from studio.core.leftovers import remove_leftovers
 from studio.core.paths import data_dir
 
 
@@ -55,6 +56,7 @@ def run(argv: list[str]) -> int:
         return 2
     try:
         data = data_dir(args.home) if args.home else data_dir()
+        remove_leftovers(data)
         out = VERBS[args.verb].run(args, data)
     except StudioError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from studio.core.errors import StudioError
+from studio.core.leftovers import remove_leftovers
 from studio.core.paths import DataDir, data_dir
 from studio.core.train.config import METHODS, PRESETS, QUANTS, SCHEDULES, TrainConfig
 from studio.core.train.events import (
@@ -150,7 +151,9 @@ def run_from_args(args: argparse.Namespace, data: DataDir, out: TextIO | None = 
 def train_cli_main(args: argparse.Namespace, data: DataDir | None = None) -> int:
     """The whole `train` verb: 0 finished, 1 failed (or bad arguments), 130 stopped."""
     try:
-        data = data or (data_dir(args.home) if getattr(args, "home", None) else data_dir())
+        if data is None:
+            data = data_dir(args.home) if getattr(args, "home", None) else data_dir()
+            remove_leftovers(data)  # a start of the CLI, like studio.cli.main's
         result = run_from_args(args, data)
     except StudioError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Atomic file writes: a crash, a kill or a full disk leaves either the old file or the new one.
 
 Write to a temporary file in the same folder, fsync, then rename over the target. Folders are
-built under a temporary name and renamed into place the same way.
+built under a temporary name (a locked work folder, studio.core.scratch) and renamed into place the
+same way.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from studio.core import scratch
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -65,17 +67,13 @@ def write_json(path: Path | str, obj: Any) -> None:
 def staging_dir(final: Path | str) -> Iterator[Path]:
     """Yield a temporary folder next to `final`; on success it is renamed to `final`.
 
-    `final` must not exist yet. On any error the staging folder is removed and `final` untouched.
+    `final` must not exist yet. On any error the staging folder is removed and `final` untouched;
+    after a kill, studio.core.scratch removes it (it is a locked work folder).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
-    try:
+    with scratch.work_dir(final.parent, final.name) as tmp:
         yield tmp
         if final.exists():
             raise FileExistsError(f"{final} already exists")
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

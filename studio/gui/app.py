@@ -13,6 +13,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from studio import APP_NAME, ORG_NAME, __version__
+from studio.core.leftovers import remove_leftovers
 from studio.core.paths import RESOURCES_DIR, data_dir
 
 EXIT_AFTER_SHOWN_ENV = "LORA_STUDIO_EXIT_AFTER_SHOWN"
@@ -47,6 +48,7 @@ def run_gui(argv: list[str]) -> int:
     chosen_home = settings.value(DATA_DIR_KEY, "", type=str)
     data = data_dir(chosen_home) if chosen_home and not os.environ.get("LORA_STUDIO_HOME") else data_dir()
     setup_logging(data.logs)
+    remove_leftovers(data)  # what killed processes left; a live one's work folders are locked and kept
     from studio.gui.main_window import MainWindow
 
     window = MainWindow(data)

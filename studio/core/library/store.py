@@ -4,6 +4,8 @@ The folder is the source of truth: whatever sits in `adapters/<id>/` (even a pla
 copied in by hand) is listed, with a manifest inferred when it has no studio.json. Imports (a folder,
 or a .zip unpacked by `archive.extract_zip_safely`) and new adapters from training or blending are validated in full
 in a hidden staging folder and renamed into place, so a refusal leaves the library untouched.
+Choosing a free name and landing the folder under it happen under the library's name lock (an OS
+lock in the data directory), so processes adding adapters at once never pick the same name.
 Deletion moves folders to `trash/`. Knows nothing about torch, training or how adapters are used.
 """
 
@@ -17,7 +19,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -26,7 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from studio.core import atomic
+import filelock
+
+from studio.core import atomic, scratch
 from studio.core.basemodels import locate_base
 from studio.core.errors import StudioError, disk_full_as_message, disk_full_error, is_disk_full
 from studio.core.library.adapter_folder import (
@@ -60,6 +63,7 @@ from studio.core.paths import DataDir
 log = logging.getLogger(__name__)
 
 TRASH_RECORD = "trash.json"
+NAMES_LOCK = ".library-names.lock"  # in the data directory: held while a name is chosen and its folder lands
 
 
 @dataclass
@@ -195,13 +199,16 @@ class AdapterLibrary:
 
     # ------------------------------------------------------------ adding
 
+    def _scratch(self) -> contextlib.AbstractContextManager[Path]:
+        return scratch.work_dir(self.data.adapters, "import")
+
     @contextlib.contextmanager
-    def _scratch(self) -> Iterator[Path]:
-        scratch = Path(tempfile.mkdtemp(prefix=".import-", suffix=".tmp", dir=self.data.adapters))
-        try:
-            yield scratch
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+    def _names_held(self) -> Iterator[None]:
+        """Hold the library's name lock: choosing a free name and landing the folder under it is one
+        step for every process, so two imports with the same name at once get two different names."""
+        lock = filelock.FileLock(self.data.root / NAMES_LOCK, thread_local=False)  # waits its turn
+        with lock:
+            yield
 
     def import_path(self, src: Path | str, name: str | None = None) -> AdapterEntry:
         """Import an adapter folder or .zip; validated in full before anything lands in the library."""
@@ -243,29 +250,30 @@ class AdapterLibrary:
             existing = read_manifest(src)
         chosen = clean_text(name or (manifest.name if manifest else "") or (existing.name if existing else "")
                             or default_name).strip()
-        display = self._unique_name(chosen or "adapter")
-        new_id = (manifest.id if manifest and manifest.id else "") or self._new_id(display)
-        final = self.data.adapters / new_id
         try:
-            with atomic.staging_dir(final) as stage:
-                for item in importable_files(src, label):
-                    (os.replace if move else shutil.copy2)(item, stage / item.name)
-                info = inspect_adapter(stage, default_base_lookup(self.data), data=self.data, label=label)
-                check_finite_weights(stage, info.tensors, label)  # reads every weight: at import only
-                kept = dataclasses.replace(manifest) if manifest else info.manifest
-                if manifest is None and info.inferred:
-                    kept.source = "imported"
-                kept.id, kept.name = new_id, display
-                config = info.config
-                kept.base_model = kept.base_model or str(config.get("base_model_name_or_path") or "")
-                found = locate_base(self.data, kept.base_model) if kept.base_model else None
-                if found is not None:  # recorded by what finds it from anywhere, not as the adapter named it
-                    kept.base_model = found.id
-                kept.base_fingerprint = kept.base_fingerprint or info.base_fingerprint
-                kept.rank = kept.rank or int(config["r"])
-                kept.alpha = kept.alpha or float(config.get("lora_alpha", 8))
-                kept.target_modules = kept.target_modules or info.manifest.target_modules
-                write_manifest(stage, kept)
+            with self._names_held():
+                display = self._unique_name(chosen or "adapter")
+                new_id = (manifest.id if manifest and manifest.id else "") or self._new_id(display)
+                final = self.data.adapters / new_id
+                with atomic.staging_dir(final) as stage:
+                    for item in importable_files(src, label):
+                        (os.replace if move else shutil.copy2)(item, stage / item.name)
+                    info = inspect_adapter(stage, default_base_lookup(self.data), data=self.data, label=label)
+                    check_finite_weights(stage, info.tensors, label)  # reads every weight: at import only
+                    kept = dataclasses.replace(manifest) if manifest else info.manifest
+                    if manifest is None and info.inferred:
+                        kept.source = "imported"
+                    kept.id, kept.name = new_id, display
+                    config = info.config
+                    kept.base_model = kept.base_model or str(config.get("base_model_name_or_path") or "")
+                    found = locate_base(self.data, kept.base_model) if kept.base_model else None
+                    if found is not None:  # recorded by what finds it from anywhere, not as the adapter named it
+                        kept.base_model = found.id
+                    kept.base_fingerprint = kept.base_fingerprint or info.base_fingerprint
+                    kept.rank = kept.rank or int(config["r"])
+                    kept.alpha = kept.alpha or float(config.get("lora_alpha", 8))
+                    kept.target_modules = kept.target_modules or info.manifest.target_modules
+                    write_manifest(stage, kept)
         except OSError as err:
             if is_disk_full(err):
                 raise disk_full_error(self.data.adapters, f"add {label} to the library") from err
@@ -339,12 +347,13 @@ class AdapterLibrary:
         new_name = new_name.strip()
         if not new_name:
             raise StudioError("An adapter's name cannot be empty.")
-        entry = self.get(id_or_name)
-        clash = [e.id for e in self.list() if e.manifest.name == new_name and e.id != entry.id]
-        if clash:
-            raise StudioError(f"Another adapter ({clash[0]}) is already called {new_name!r}.",
-                              hint="Pick a different name.")
-        return self._update(entry.id, lambda m: setattr(m, "name", new_name))
+        with self._names_held():
+            entry = self.get(id_or_name)
+            clash = [e.id for e in self.list() if e.manifest.name == new_name and e.id != entry.id]
+            if clash:
+                raise StudioError(f"Another adapter ({clash[0]}) is already called {new_name!r}.",
+                                  hint="Pick a different name.")
+            return self._update(entry.id, lambda m: setattr(m, "name", new_name))
 
     def tag(self, id_or_name: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> AdapterEntry:
         add_list = [t.strip() for t in add if t.strip()]

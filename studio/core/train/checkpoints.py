@@ -23,6 +23,7 @@ from studio.core.train.run_dir import RunDir, marker_of, step_of
 log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TRAINER_STATE_NAME = "trainer_state.json"  # transformers' TRAINER_STATE_NAME, in every checkpoint it saves
 
 
 def _files(folder: Path) -> list[Path]:
@@ -49,6 +50,15 @@ def read_marker(folder: Path | str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def trainer_state(folder: Path | str) -> dict[str, Any]:
+    """The Trainer's own record in a checkpoint (global step, tokens seen, log history); {} if unreadable."""
+    try:
+        data = json.loads((Path(folder) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def is_complete(folder: Path | str) -> bool:

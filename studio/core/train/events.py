@@ -9,12 +9,14 @@ This module knows nothing about torch, the Trainer or Qt: it only describes what
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +201,30 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return None
     return value
+
+
+def open_for_append(path: Path) -> TextIO:
+    """metrics.jsonl opened to append events. A line a kill tore is ended first, so the next event
+    starts a line of its own instead of being lost with the torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torn = False
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as existing:
+        if existing.seek(0, os.SEEK_END) > 0:
+            existing.seek(-1, os.SEEK_END)
+            torn = existing.read(1) != b"\n"
+    handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - the caller closes it
+    if torn:
+        handle.write("\n")
+        handle.flush()
+    return handle
+
+
+def append_event(path: Path, event: Event) -> None:
+    """Append one event to a metrics.jsonl and flush it to disk."""
+    with open_for_append(path) as handle:
+        handle.write(event_to_json(event) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def read_events(path: Path | str) -> list[Event]:

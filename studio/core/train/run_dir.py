@@ -10,7 +10,10 @@ runs/<run-id>/
   running.json                 who holds it (pid, host, start time), for messages
 ```
 
-Every other module asks a RunDir for these paths instead of spelling them out. Plain Python.
+Every other module asks a RunDir for these paths instead of spelling them out. A run id is the name
+of a folder in runs/ and nothing else: `RunDir.of` refuses a path (absolute, with separators, `..`)
+so no verb can train, read or copy a run folder outside the data directory. A new run's folder
+appears whole (`RunDir.create`: staged with its config, then renamed). Plain Python.
 """
 
 from __future__ import annotations
@@ -44,15 +47,23 @@ class RunDir:
 
     @classmethod
     def of(cls, data: DataDir, run_id: str) -> RunDir:
-        return cls(data.runs / run_id)
+        """The folder of run `run_id` in the data directory; StudioError when `run_id` is not a run id."""
+        return cls(data.runs / check_run_id(data, run_id))
 
     @classmethod
     def existing(cls, data: DataDir, run_id: str) -> RunDir:
         """The run `run_id`, or StudioError when the data directory has no such run."""
         run = cls.of(data, run_id)
-        if not run_id or "/" in run_id or run_id.startswith(".") or not run.config.is_file():
-            raise StudioError(f"There is no training run {run_id!r}.",
-                              hint=f"The Runs tab and `lora-studio runs` list the runs (folders in {data.runs}).")
+        if not run.config.is_file():
+            raise StudioError(f"There is no training run {run_id!r}.", hint=_list_hint(data))
+        return run
+
+    @classmethod
+    def create(cls, data: DataDir, run_id: str, config: dict[str, Any]) -> RunDir:
+        """A new run folder holding `config`: staged and renamed into place, so a kill leaves none half-made."""
+        run = cls.of(data, run_id)
+        with atomic.staging_dir(run.path) as stage:
+            atomic.write_json(stage / CONFIG_NAME, config)
         return run
 
     @staticmethod
@@ -114,6 +125,20 @@ class RunDir:
             return []
         found = [p for p in self.checkpoints.iterdir() if p.is_dir() and step_of(p) is not None]
         return sorted(found, key=lambda p: step_of(p) or 0)
+
+
+def check_run_id(data: DataDir, run_id: str) -> str:
+    """`run_id` when it names a folder directly in runs/; StudioError for a path or a hidden name."""
+    plain = (isinstance(run_id, str) and run_id not in ("", ".", "..") and not run_id.startswith(".")
+             and not any(c in run_id for c in "/\\:\0") and Path(run_id).name == run_id)
+    if not plain:
+        raise StudioError(f"There is no training run {run_id!r}: a run id is the name of a folder in "
+                          f"{data.runs}, never a path.", hint=_list_hint(data))
+    return run_id
+
+
+def _list_hint(data: DataDir) -> str:
+    return f"The Runs tab and `lora-studio runs` list the runs (folders in {data.runs})."
 
 
 def step_of(checkpoint: Path | str) -> int | None:

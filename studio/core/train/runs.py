@@ -3,6 +3,7 @@
 `list_runs(data)` reads each run's config and events (through its RunDir) into RunSummary rows. A run
 whose last event is not Finished, Failed or Stopped was interrupted (the app closed or crashed),
 unless another live process holds its lock (studio.core.train.run_lock): then it is running elsewhere.
+One killed after publishing its adapter but before recording that is finished, its record completed.
 Plain Python, no torch or Qt.
 """
 
@@ -12,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.core.errors import StudioError
+from studio.core.library.store import AdapterEntry, AdapterLibrary
 from studio.core.paths import DataDir
-from studio.core.train import run_lock
+from studio.core.train import published, run_lock
 from studio.core.train.events import Eval, Failed, Finished, RunStarted, Step, Stopped
 from studio.core.train.run_dir import RunDir
 
@@ -83,9 +86,30 @@ def summarize_run(run: RunDir) -> RunSummary | None:
 
 
 def list_runs(data: DataDir) -> list[RunSummary]:
-    """Every run in the data directory, newest first."""
-    summaries = [summarize_run(run) for run in RunDir.all(data)]
-    return [summary for summary in summaries if summary is not None]
+    """Every run in the data directory, newest first. A run killed after its adapter reached the library
+    but before its end was recorded has that record completed here (studio.core.train.published)."""
+    summaries = [summary for summary in map(summarize_run, RunDir.all(data)) if summary is not None]
+    unended = [s for s in summaries if s.status in ("interrupted", "failed")]
+    if unended:
+        entries = AdapterLibrary(data).list()
+        for summary in unended:
+            _complete_if_published(summary, entries)
+    return summaries
+
+
+def _complete_if_published(summary: RunSummary, entries: list[AdapterEntry]) -> None:
+    if published.published_by(entries, summary.run_id) is None:
+        return
+    try:
+        run_lock.acquire(summary.run_dir)
+    except StudioError:
+        return  # a trainer took the run this instant: it records its own end
+    try:
+        finished = published.complete_record(summary.run_dir, entries)
+    finally:
+        run_lock.release(summary.run_dir)
+    if finished is not None:
+        summary.status, summary.adapter_id, summary.message = "finished", finished.adapter_id, ""
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], everything: bool = False) -> list[tuple[str, str, str]]:

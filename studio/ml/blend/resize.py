@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.core import scratch
 from studio.core.errors import StudioError
 from studio.core.library.manifest import MANIFEST_NAME, AdapterManifest, Lineage
 from studio.core.progress import Cancelled, OnProgress, ShouldStop, StageProgress
@@ -172,9 +173,8 @@ def resize_adapter(library, adapter: str, rank: int, name: str, *, progress: OnP
     if progress:
         progress(StageProgress("check", 0.0, f"Reading {parent.manifest.name}…"))
     root = Path(library.data.root)
-    scratch = Path(tempfile.mkdtemp(prefix=".resize-", dir=root if root.is_dir() else None))
-    try:
-        folder = scratch / "adapter"
+    with scratch.work_dir(root if root.is_dir() else tempfile.gettempdir(), "resize") as work:
+        folder = work / "adapter"
         previous, layers, overall = resize_folder(parent.path, folder, rank, progress=progress,
                                                   should_stop=should_stop)
         weakest = min(layers, key=lambda x: x.retained)
@@ -182,8 +182,6 @@ def resize_adapter(library, adapter: str, rank: int, name: str, *, progress: OnP
             progress(StageProgress("save", 0.95, f"Saving {name}…"))
         entry = library.add_new(folder, _manifest(parent, name, rank, previous, overall, weakest, tags, notes),
                                 move=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     if progress:
         progress(StageProgress("done", 1.0, f"Saved {name}: rank {previous} -> {rank}, "
                                             f"{overall:.1%} of the energy kept."))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
 import uuid
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.core import scratch
 from studio.core.blend.checks import (
     SVD_METHODS,
     AdapterFacts,
@@ -298,19 +298,17 @@ class BlendSession:
             raise StudioError("A blend needs a name.")
         result, plan = self.result, self.result.plan
         self._step("save", 0.0, f"Saving {name}…")
-        scratch = Path(tempfile.mkdtemp(prefix=".blend-", dir=self._scratch_root()))
-        try:
-            self.model.save_pretrained(scratch, selected_adapters=[result.adapter_name],
+        root = self._scratch_root()
+        with scratch.work_dir(root or tempfile.gettempdir(), "blend") as work:
+            self.model.save_pretrained(work, selected_adapters=[result.adapter_name],
                                        save_embedding_layers=False)
-            folder = scratch / result.adapter_name
+            folder = work / result.adapter_name
             config_path = folder / "adapter_config.json"
             config = json.loads(config_path.read_text(encoding="utf-8"))
             config["base_model_name_or_path"] = self.base.id
             config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
             entry = self.library.add_new(folder, self._manifest(name, plan, config, tags, notes),
-                                         move=scratch.parent == self._scratch_root())
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+                                         move=root is not None)
         self._step("done", 1.0, f"Saved {name} to the library.")
         return entry
 

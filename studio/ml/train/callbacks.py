@@ -20,7 +20,17 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from studio.core.train import checkpoints
-from studio.core.train.events import Checkpoint, Eval, Event, Memory, Sample, Step, Warning, event_to_json
+from studio.core.train.events import (
+    Checkpoint,
+    Eval,
+    Event,
+    Memory,
+    Sample,
+    Step,
+    Warning,
+    event_to_json,
+    open_for_append,
+)
 from studio.core.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -55,8 +65,7 @@ class EventSink:
         self.path = path
         self.on_event = on_event
         self.events: list[Event] = []
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the whole run
+        self._handle = open_for_append(path)  # kept open for the whole run
 
     def __call__(self, event: Event) -> None:
         self.events.append(event)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from studio.core import atomic
+from studio.core import atomic, scratch
 from studio.core.errors import StudioError
 from studio.core.library.adapter_folder import method_of, target_list
 from studio.core.library.manifest import AdapterManifest, Lineage
@@ -35,16 +34,13 @@ def add_checkpoint_to_library(library: AdapterLibrary, checkpoint: Path, manifes
                               scratch_dir: Path) -> AdapterEntry:
     """A checkpoint's peft files, naming the base portably (`base_ref`: a studio or hub id, or the base's
     folder), added to the library under `manifest`. The finished run's best adapter goes in this way too."""
-    stage = Path(tempfile.mkdtemp(prefix=".adapter-", dir=scratch_dir))
-    try:
+    with scratch.work_dir(scratch_dir, "adapter") as stage:
         for file_name in checkpoints.ADAPTER_FILES:
             shutil.copy2(checkpoint / file_name, stage / file_name)
         adapter_config = json.loads((stage / "adapter_config.json").read_text(encoding="utf-8"))
         adapter_config["base_model_name_or_path"] = base_ref
         atomic.write_json(stage / "adapter_config.json", adapter_config)
         return library.add_new(stage, manifest, move=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _finished_adapter(library: AdapterLibrary, events: list) -> AdapterEntry | None:

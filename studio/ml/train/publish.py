@@ -6,7 +6,9 @@ training loop itself. It picks the checkpoint with the lowest eval loss (the las
 no validation split), loads its weights into the trained model when that was not the final step,
 runs the forgetting check, and adds peft's two files with a full studio.json (base fingerprint,
 method, hyperparameters, dataset summary, metrics, forgetting check, lineage, tags, chat template
-hash) to the library in one write. Returns the library entry and the Finished event.
+hash) to the library in one write; its lineage names the run, so a run killed before its Finished
+event is written is recognised as published (studio.core.train.published). Returns the library
+entry and the Finished event.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from studio.core.basemodels import BaseModelInfo
 from studio.core.library.manifest import AdapterManifest, Lineage
 from studio.core.library.store import AdapterEntry, AdapterLibrary
 from studio.core.paths import DataDir
-from studio.core.train import checkpoints
+from studio.core.train import checkpoints, published
 from studio.core.train.config import TrainConfig
 from studio.core.train.events import Finished
 from studio.core.train.run_dir import RunDir, step_of
@@ -126,7 +128,7 @@ def publish_adapter(*, model, tokenizer, run: TrainedRun) -> tuple[AdapterEntry,
     }
     run_id = run.run.run_id
     parents = [run.parent_id] if run.parent_id is not None else []
-    recipe = {"kind": "continued", "parent": run.parent_id, "run_id": run_id} if run.parent_id is not None else {}
+    recipe = published.publish_recipe(run_id, run.parent_id)  # names the run: a resume after a kill finds it
     manifest = AdapterManifest(
         id="", name=run.config.display_name(), base_model=run.base.id,
         base_fingerprint=run.base.fingerprint, method=method, rank=int(peft_config.r),

@@ -5,8 +5,10 @@ studio's callbacks for events. A run lives in its RunDir (config, events, checkp
 studio.core.train.run_dir). It prepares the folder's data with the base tokenizer, trains on padding-free packed
 rows, evaluates on the validation split, and hands a frozen record of the run (publish.TrainedRun)
 to publish_adapter, which puts the best adapter in the library. Out of memory halves the micro batch (doubling gradient accumulation) and resumes
-from the last complete checkpoint; at micro batch 1 the run fails with advice. Every outcome
-(finished, stopped, failed) releases the model. Knows nothing about Qt or the command line.
+from the last complete checkpoint; at micro batch 1 the run fails with advice. A resumed run whose
+last checkpoint is its final step only publishes; one whose adapter is already in the library (a
+kill between publishing and recording it) only completes its record (studio.core.train.published).
+Every outcome (finished, stopped, failed) releases the model. Knows nothing about Qt or the command line.
 """
 
 from __future__ import annotations
@@ -23,18 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from studio.core.errors import StudioError
-from studio.core.library.store import AdapterLibrary, slugify
+from studio.core.library.store import AdapterEntry, AdapterLibrary, slugify
 from studio.core.paths import DataDir
 from studio.core.progress import ShouldStop, StageProgress
-from studio.core.train import checkpoints, run_lock
+from studio.core.train import checkpoints, published, run_lock
 from studio.core.train.config import TrainConfig
 from studio.core.train.events import (
+    Eval,
     Event,
     Failed,
     Finished,
     OOMRecovered,
     Preparing,
     RunStarted,
+    Step,
     Stopped,
     Warning,
 )
@@ -43,7 +47,7 @@ from studio.core.train.run_dir import RunDir, step_of
 from studio.ml.base import loading as model_loading
 from studio.ml.base.default_model import resolve_base
 from studio.ml.train.callbacks import EventSink, Probe, RunTracker, StudioCallback
-from studio.ml.train.publish import TrainedRun, dataset_summary, publish_adapter
+from studio.ml.train.publish import TrainedRun, dataset_summary, load_adapter_weights, publish_adapter
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +106,16 @@ class _Run:
             self.run_dir = RunDir.existing(data, config.resume)
         else:
             self.config = config
-            self.run_dir = RunDir.of(data, new_run_id(config.display_name()))
-            self.run_dir.path.mkdir(parents=True)
-            self.run_dir.write_config(config.to_dict())
+            self.run_dir = RunDir.create(data, new_run_id(config.display_name()), config.to_dict())
         self.run_id = self.run_dir.run_id
         self.resuming = bool(config.resume)
         run_lock.acquire(self.run_dir)  # refuses a run another live process is training
+        self.recovered: AdapterEntry | None = None
         try:
             if self.resuming:  # read under the lock: a run that finished a moment ago is not trained again
                 self.config = self._resumable_config()
+                # killed after its adapter reached the library, before the record said so: finish the record
+                self.recovered = published.published_adapter(self.run_dir, AdapterLibrary(data).list())
             self.emit = EventSink(self.run_dir.metrics, on_event)
         except BaseException:
             run_lock.release(self.run_dir)  # run() and its finally will not happen
@@ -138,6 +143,8 @@ class _Run:
         micro, accum = cfg.micro_batch_size, cfg.grad_accum
         attempt = 0
         try:
+            if self.recovered is not None:
+                return self._record_published(self.recovered)
             try:
                 self._prepare()
             except StudioError as err:
@@ -186,6 +193,22 @@ class _Run:
             self.emit.close()
             run_lock.release(self.run_dir)
             model_loading.free_memory()
+
+    def _record_published(self, entry: AdapterEntry) -> RunResult:
+        finished = published.finished_event(entry)
+        self.emit(finished)
+        metrics = entry.manifest.metrics
+        log.info("Run %s had published %s before it was killed; its record is complete now", self.run_id, entry.id)
+        return RunResult(status="finished", run_id=self.run_id, run_dir=self.run_dir.path,
+                         step=int(metrics.get("steps") or 0),
+                         max_steps=int(entry.manifest.hyperparameters.get("max_steps") or 0),
+                         adapter_id=entry.id, adapter_path=entry.path,
+                         checkpoint=checkpoints.last_complete(self.run_dir), final_loss=finished.final_loss,
+                         eval_loss=finished.eval_loss, tokens_seen=finished.tokens_seen,
+                         tokens_per_second=finished.tokens_per_second, peak_memory_bytes=finished.peak_memory,
+                         duration_s=finished.duration_s,
+                         message=f"Adapter {entry.manifest.name!r} was already in the library; the run's record "
+                                 "is complete now.")
 
     def _record_batch(self, micro: int, accum: int) -> None:
         """Keep config.json in step with what runs, so a later resume starts where OOM left it."""
@@ -280,6 +303,10 @@ class _Run:
                 import torch
 
                 torch.cuda.reset_peak_memory_stats()
+            if resume_from is not None and (step_of(resume_from) or 0) >= self.max_steps:
+                # Trained to its end, killed while publishing. The Trainer resumed at its last step
+                # would train one step more (41 of 40): only the publishing is left to do.
+                return self._publish_trained(model, resume_from)
             args = training_arguments(cfg, dev, micro=micro, accum=accum, max_steps=self.max_steps,
                                       output_dir=self.run_dir.checkpoints, has_eval=bool(self.eval_rows))
             trainer = StudioTrainer(model=model, args=args, train_dataset=self.rows, eval_dataset=self.eval_rows or None,
@@ -311,18 +338,35 @@ class _Run:
                 self.emit(Stopped(step=self.tracker.step, checkpoint=str(last) if last else None))
                 return self._result("stopped", checkpoint=last, tokens_seen=tokens_seen,
                                     message=f"Stopped at step {self.tracker.step} of {self.max_steps}.")
-            entry, finished = publish_adapter(model=trainer.model, tokenizer=self.tokenizer,
-                                              run=self._trained_run(tokens_seen))
-            self.emit(finished)
-            return self._result("finished", adapter_id=entry.id, adapter_path=entry.path,
-                                checkpoint=checkpoints.last_complete(self.run_dir), eval_loss=finished.eval_loss,
-                                tokens_seen=tokens_seen, tokens_per_second=finished.tokens_per_second,
-                                peak_memory_bytes=finished.peak_memory, message=f"Adapter {entry.manifest.name!r} is in the library.")
+            return self._publish(trainer.model, tokens_seen)
         finally:
             if trainer is not None:
                 trainer.callback_handler.callbacks.clear()
             del trainer, model
             model_loading.free_memory()
+
+    def _publish(self, model, tokens_seen: int) -> RunResult:
+        self.phase = "finishing"
+        entry, finished = publish_adapter(model=model, tokenizer=self.tokenizer, run=self._trained_run(tokens_seen))
+        self.emit(finished)
+        return self._result("finished", adapter_id=entry.id, adapter_path=entry.path,
+                            checkpoint=checkpoints.last_complete(self.run_dir), eval_loss=finished.eval_loss,
+                            tokens_seen=tokens_seen, tokens_per_second=finished.tokens_per_second,
+                            peak_memory_bytes=finished.peak_memory,
+                            message=f"Adapter {entry.manifest.name!r} is in the library.")
+
+    def _publish_trained(self, model, final: Path) -> RunResult:
+        """Publish a run whose last checkpoint is its final step, from that checkpoint, without training."""
+        load_adapter_weights(model, final)
+        step = step_of(final) or 0
+        self.tracker.step = step
+        for event in self.run_dir.events():  # what the killed process knew of its last steps
+            if isinstance(event, Step) and event.step <= step:
+                self.tracker.last_loss = event.loss
+            elif isinstance(event, Eval) and event.step <= step:
+                self.tracker.last_eval = event.eval_loss
+        state = checkpoints.trainer_state(final)
+        return self._publish(model, int(state.get("num_input_tokens_seen") or 0))
 
     def _load_base(self):
         """The base for training; a quantization this machine cannot do falls back to full precision."""
