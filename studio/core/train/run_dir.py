@@ -68,10 +68,12 @@ class RunDir:
 
     @staticmethod
     def all(data: DataDir) -> list[RunDir]:
-        """Every folder in runs/, newest first (run ids start with their start time)."""
+        """Every run folder in runs/, newest first (run ids start with their start time). Hidden folders
+        are not runs: a run folder being created (RunDir.create) is one until it is renamed."""
         if not data.runs.is_dir():
             return []
-        return [RunDir(folder) for folder in sorted(data.runs.iterdir(), reverse=True) if folder.is_dir()]
+        return [RunDir(folder) for folder in sorted(data.runs.iterdir(), reverse=True)
+                if folder.is_dir() and not folder.name.startswith(".")]
 
     @property
     def run_id(self) -> str:
