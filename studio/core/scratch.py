@@ -2,8 +2,8 @@
 
 Whatever the studio builds under a temporary name (an adapter being added, a zip being unpacked, a
 base model being converted, a blend or a checkpoint being saved) is built in `work_dir(parent,
-label)`: a hidden folder `.<label>.<token>.staging` in `parent`, guarded by an OS lock (filelock:
-flock / LockFileEx) on `.<label>.<token>.staging.lock` beside it. The lock is taken before the
+label)`: a hidden folder `.<label>-<token>.staging` in `parent`, guarded by an OS lock (filelock:
+flock / LockFileEx) on `.<label>-<token>.staging.lock` beside it. The lock is taken before the
 folder exists and let go after it is gone, and the OS drops it when its process ends however it
 ends. So `remove_stale(parent)` can tell a killed process's leftovers (nobody holds the lock:
 removed) from a folder a live process is writing (the lock is held: left alone), without guessing
@@ -61,7 +61,7 @@ def work_dir(parent: Path | str, label: str) -> Iterator[Path]:
     parent.mkdir(parents=True, exist_ok=True)
     stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in label)[:_LABEL_MAX] or "work"
     while True:
-        folder = parent / f".{stem}.{secrets.token_hex(6)}{SUFFIX}"
+        folder = parent / f".{stem}-{secrets.token_hex(6)}{SUFFIX}"
         lock = _lock(folder)
         lock.acquire()  # a fresh name: nobody else can hold it
         try:
