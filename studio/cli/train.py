@@ -24,11 +24,10 @@ def cmd_scan(args: argparse.Namespace, data: DataDir) -> Output:
     if args.no_tokenizer:
         report = scan_folder(folder, max_file_mb=args.max_file_mb).report
     else:
-        from transformers import AutoTokenizer
-
         from studio.ml.base.default_model import resolve_base
+        from studio.ml.base.loading import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_base(data, args.base)[0].path)
+        tokenizer = load_tokenizer(resolve_base(data, args.base)[0].path)  # the tokenizer training will use
         report = prepare_dataset(folder, tokenizer, seq_len=args.seq_len, max_file_mb=args.max_file_mb).report
     return Output(report.to_dict(), report.to_text())
 

@@ -74,9 +74,10 @@ def e2e_config(folder: Path, **overrides) -> TrainConfig:
 
 
 def ask(model, tokenizer, prompt: str) -> str:
-    from studio.ml.chat.smoke import greedy_chat, stop_token_ids
+    from studio.ml.chat.generation import stop_ids
+    from studio.ml.chat.smoke import greedy_chat
 
-    return greedy_chat(model, tokenizer, prompt, max_new_tokens=24, stop_ids=stop_token_ids(tokenizer)).text
+    return greedy_chat(model, tokenizer, prompt, max_new_tokens=24, stop_ids=stop_ids(tokenizer)).text
 
 
 @pytest.mark.slow

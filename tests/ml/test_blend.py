@@ -390,13 +390,13 @@ def test_stopping_a_blend_saves_nothing(library):
 
 
 def test_refusals_come_before_loading(library, monkeypatch):
+    from studio.ml.base import loading
     from studio.ml.blend import weighted as blend
-    from studio.ml.export import merge as merge_export
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the base should not be loaded for a refused blend")
 
-    monkeypatch.setattr(merge_export, "load_model", no_loading)
+    monkeypatch.setattr(loading, "load_full_precision", no_loading)
     with pytest.raises(StudioError, match="equal rank") as err:
         blend.blend_adapters(library, ["A", "C"], [1, 1], "ties", "nope")
     assert "exact" in err.value.hint and "svd" in err.value.hint

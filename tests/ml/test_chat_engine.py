@@ -12,6 +12,7 @@ import pytest
 
 from studio.core.errors import StudioError
 from studio.core.library.manifest import AdapterManifest, write_manifest
+from studio.ml.base.loading import chat_template_sha256
 from studio.ml.chat.generation import (
     Finished,
     GenerationSettings,
@@ -23,7 +24,6 @@ from studio.ml.chat.generation import (
     render_prompt,
     safe_pad_id,
     stop_ids,
-    template_sha256,
 )
 from tests.tiny_model import make_tiny_adapter
 
@@ -319,7 +319,7 @@ def test_template_warning_and_adapter_template(tiny_base_dir, adapters, tmp_path
     shutil.copytree(adapters["A"], own)
     template = "### instructions follow\n" + eng.base_template
     (own / "chat_template.jinja").write_text(template)
-    write_manifest(own, AdapterManifest(id="own", name="Own", chat_template_sha256=template_sha256(template)))
+    write_manifest(own, AdapterManifest(id="own", name="Own", chat_template_sha256=chat_template_sha256(template)))
     events = events_of(eng, str(own))
     base_start = next(e for e in events_of(eng, "base") if isinstance(e, Started))
     own_start = next(e for e in events if isinstance(e, Started))

@@ -121,10 +121,10 @@ def test_end_of_turn_check_on_crafted_answers():
 
 
 def test_export_that_never_stops_is_refused_and_not_kept(tiny_base_dir, adapter, tmp_path):
+    from studio.ml.base.loading import load_full_precision, load_tokenizer
     from studio.ml.chat.smoke import SmokeTestFailed, ends_at_end_of_turn, greedy_chat
-    from studio.ml.export.merge import load_model
 
-    model, tokenizer = load_model(tiny_base_dir)
+    model, tokenizer = load_full_precision(tiny_base_dir), load_tokenizer(tiny_base_dir, distinct_pad=False)
     # Precondition: the random tiny model rambles instead of closing its turn.
     assert ends_at_end_of_turn(greedy_chat(model, tokenizer, "What is the capital of France?")) is not None
 

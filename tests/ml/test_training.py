@@ -144,7 +144,8 @@ def test_cpu_4bit_layers_keep_their_gradient_after_an_eval_forward(tiny_base_dir
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from studio.ml.base.loading import choose_device, load_base_for_training
+    from studio.ml.base.hardware import choose_device
+    from studio.ml.base.loading import load_base_for_training
 
     base = load_base_for_training(tiny_base_dir, "4bit", choose_device("cpu"), gradient_checkpointing=False)
     torch.manual_seed(0)

@@ -2,7 +2,8 @@
 
 An adapter folder holds peft's `adapter_config.json`, `adapter_model.safetensors` and, when the
 studio made or imported it, our `studio.json`. `inspect_adapter` checks the config is a LoRA config
-peft understands, the weights are a whole safetensors file (never a pickle), the tensor names are
+peft understands whose initialisation leaves the base model's weights alone (PiSSA, OLoRA, CorDA,
+LoftQ and LoRA-GA rewrite them when peft attaches the adapter, so they are refused), the weights are a whole safetensors file (never a pickle), the tensor names are
 LoRA's with ranks matching `r`, and, when the claimed base model can be found, that every LoRA
 matrix fits the base's Linear weight. A folder without `studio.json` gets a manifest inferred from
 its config. `adapter_base` finds the base an adapter records, through the one base resolver
@@ -64,6 +65,17 @@ CONVERT_HINT = (
     "then remove the .bin and import the folder again."
 )
 
+# peft inits that rewrite the base layer's weight when the adapter is attached; the adapter's saved
+# A/B only make sense on that rewritten base, and the chat engine shares one base among adapters.
+BASE_MUTATING_INITS = ("pissa", "corda", "olora", "loftq", "lora_ga")
+# named inits that leave the base alone (what they make is replaced by the saved weights anyway)
+BASE_KEEPING_INITS = ("gaussian", "eva", "orthogonal", "mica")
+CONVERSION_HINT = (
+    "Convert it once to a plain LoRA adapter where it was trained: save it again with peft's "
+    "`save_pretrained(out_dir, path_initial_model_for_weight_conversion=init_dir)`, where init_dir holds "
+    "the adapter as saved right after its initialisation (PiSSA, OLoRA, CorDA), then import out_dir."
+)
+
 BaseLookup = Callable[[str], "Path | None"]
 
 
@@ -117,6 +129,7 @@ def read_adapter_config(folder: Path, label: str) -> dict[str, Any]:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise StudioError(f"{label}: {CONFIG_NAME} has a non-numeric lora_alpha ({alpha!r}).")
     check_config_values(config, label)
+    check_init_keeps_base(config, label)
     return config
 
 
@@ -183,6 +196,28 @@ def importable_files(folder: Path, label: str) -> list[Path]:
 def extra_file_limit(name: str) -> int:
     """The most bytes an import takes of studio.json or one of EXTRA_FILES."""
     return MAX_MANIFEST_BYTES if name == MANIFEST_NAME else MAX_EXTRA_BYTES
+
+
+def base_mutating_init(config: dict[str, Any]) -> str:
+    """The config's init_lora_weights when peft would rewrite the base weights with it, else ""."""
+    init = config.get("init_lora_weights", True)
+    return init if isinstance(init, str) and init.lower().startswith(BASE_MUTATING_INITS) else ""
+
+
+def check_init_keeps_base(config: dict[str, Any], label: str) -> None:
+    """Refuse an adapter whose initialisation would change the base model shared with other adapters."""
+    init = base_mutating_init(config)
+    if init:
+        raise StudioError(
+            f"{label} was made with the {init!r} initialisation (init_lora_weights in {CONFIG_NAME}): peft "
+            "rewrites the base model's weights when it loads such an adapter, which would change the answers "
+            "of the base and of every other adapter on it, and the adapter itself is only right on that "
+            "rewritten base.", hint=CONVERSION_HINT)
+
+
+def neutral_init(init: Any) -> Any:
+    """The init to attach a saved adapter with: its own when it leaves the base alone, else peft's plain one."""
+    return init if isinstance(init, bool) or init in BASE_KEEPING_INITS else True
 
 
 def pickled_weights(folder: Path) -> list[Path]:

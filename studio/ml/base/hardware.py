@@ -1,11 +1,12 @@
-"""What this machine can train on: device detection, a real bitsandbytes 4-bit probe, memory probes.
+"""What this machine computes on: the device a model loads on, a real bitsandbytes 4-bit probe, memory probes.
 
-`detect_device` finds the accelerator (CUDA, then Apple MPS, else the CPU), reads its memory and
+`choose_device` is the one rule for where (and in which compute dtype) the studio puts a model:
+CUDA in bf16 where supported (fp16 before Ampere), else the CPU in fp32; training, chat, blend,
+merge and export all ask it. `detect_device` finds the accelerator (CUDA, then Apple MPS, else the CPU), reads its memory and
 capabilities, and proves that bitsandbytes NF4 works there by quantizing a small Linear4bit and
 running a forward pass. `memory_snapshot` is the cheap per-step probe training events use.
 `capability_summary` / `doctor_report` turn those facts plus `studio.core.train.estimator` into the
-sentence `lora-studio doctor` prints. Knows nothing about Qt, training loops or adapters; torch and
-bitsandbytes are imported inside the functions.
+sentence `lora-studio doctor` prints. torch and bitsandbytes are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from importlib import metadata
 
 import psutil
 
+from studio.core.errors import StudioError
 from studio.core.train.estimator import (
     KNOWN_MODELS,
     Estimate,
@@ -33,6 +35,20 @@ log = logging.getLogger(__name__)
 
 SUMMARY_SEQ_LEN = 2048
 SUMMARY_RANK = 16
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """Where a model goes: the device kind, its name, the compute dtype, its memory."""
+
+    kind: str  # "cuda" | "cpu" | "mps"
+    name: str
+    dtype: str  # compute dtype: "bf16" | "fp16" | "fp32"
+    total_memory: int  # the accelerator's memory, or system RAM
+
+
+DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
+GPU_ROOM = 1.3  # a model that needs N bytes goes on the GPU only with N x 1.3 free
 
 
 @dataclass
@@ -78,6 +94,41 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "CPU"
+
+
+def choose_device(requested: str | None = "auto", *, needed_bytes: int | None = None) -> DeviceChoice:
+    """CUDA when present (bf16 if the GPU supports it, else fp16), else the CPU in fp32.
+
+    `requested` is auto (None too), cuda, cpu or mps. With `needed_bytes`, "auto" takes the GPU
+    only when that much (with room) is free there, else the CPU: a merge or blend that would not
+    fit runs slowly instead of failing.
+    """
+    import torch
+
+    requested = requested or "auto"
+    if requested not in DEVICE_CHOICES:
+        raise StudioError(f"Unknown device {requested!r}.", hint="Use auto, cuda, cpu or mps.")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        fits = True
+        if requested == "auto" and needed_bytes is not None:
+            free, _ = torch.cuda.mem_get_info(index)
+            fits = needed_bytes * GPU_ROOM < free
+            if not fits:
+                log.info("The model needs more than the GPU's free memory; using the CPU.")
+        if fits:
+            props = torch.cuda.get_device_properties(index)
+            dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return DeviceChoice("cuda", props.name, dtype, int(props.total_memory))
+    elif requested == "cuda":
+        raise StudioError("The GPU was asked for, but PyTorch sees no CUDA GPU.",
+                          hint="Check the NVIDIA driver and that a CUDA build of PyTorch is installed, "
+                               "or use the CPU.")
+    if requested == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise StudioError("The Apple GPU was asked for, but MPS is not available.")
+        return DeviceChoice("mps", "Apple GPU", "fp32", int(psutil.virtual_memory().total))
+    return DeviceChoice("cpu", _cpu_name(), "fp32", int(psutil.virtual_memory().total))
 
 
 def probe_bnb_4bit(device: str) -> tuple[bool, str]:

@@ -1,13 +1,20 @@
-"""Load a base model for LoRA training (4-bit NF4, 8-bit or 16/32-bit) and put an adapter on it.
+"""Load a base model, its tokenizer and adapters: the one place that calls from_pretrained.
 
-- Device and dtype: CUDA in bf16 where supported (fp16 before Ampere), else the CPU in fp32.
+Training, chat, blend, merge/export and the forgetting check all load through these functions:
+- Device and dtype: `studio.ml.base.hardware.choose_device` (CUDA in bf16 where supported, fp16
+  before Ampere, else the CPU in fp32); `torch_dtype` maps the names onto torch's.
 - Quantization: bitsandbytes NF4 with double quantization (4bit) or LLM.int8 (8bit), on CUDA and on
-  the CPU (bitsandbytes >= 0.48 quantizes there too); then peft's prepare_model_for_kbit_training.
-- Tokenizer: the pad token is made distinct from EOS by reusing an unused special token (the
-  embeddings are never resized), so padding can never hide the end-of-turn the model must learn.
-- Adapters: a new LoRA/DoRA/rsLoRA (peft LoraConfig), or an existing adapter loaded trainable
-  (continue training), or loaded for inference.
-Knows nothing about datasets, the Trainer or the library.
+  the CPU (bitsandbytes >= 0.48 quantizes there too); `resolve_quant` turns "auto" into 4-bit on a
+  GPU and full precision elsewhere. Training then runs peft's prepare_model_for_kbit_training.
+  Merging and blending load full-precision weights only (`load_full_precision`).
+- Tokenizer: for training the pad token is made distinct from EOS by reusing an unused special
+  token (the embeddings are never resized), so padding can never hide the end-of-turn the model
+  must learn. `chat_template_text` / `chat_template_sha256` are the one rule for which template
+  renders chats and how a manifest records it.
+- Adapters: a new LoRA/DoRA/rsLoRA (peft LoraConfig), or one from disk (`attach_adapter`), always
+  with an initialisation that leaves the base weights alone: adapters whose PiSSA/OLoRA/CorDA/LoftQ
+  init would rewrite the shared base are refused (studio.core.library.adapter_folder), and the
+  others load with peft's plain init, since the saved weights replace A and B anyway.
 """
 
 from __future__ import annotations
@@ -16,66 +23,61 @@ import gc
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from studio.core.basemodels import read_config
 from studio.core.errors import StudioError
+from studio.core.library.adapter_folder import neutral_init, read_adapter_config
 from studio.core.train.config import TrainConfig
+from studio.ml.base.hardware import DeviceChoice, choose_device
 
 log = logging.getLogger(__name__)
 
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "query_key_value", "c_attn", "Wqkv",
                    "out_proj", "query", "key", "value")
-
-
-@dataclass(frozen=True)
-class DeviceChoice:
-    kind: str  # "cuda" | "cpu" | "mps"
-    name: str
-    dtype: str  # compute dtype: "bf16" | "fp16" | "fp32"
-    total_memory: int  # the accelerator's memory, or system RAM
-
-
-def choose_device(requested: str = "auto") -> DeviceChoice:
-    """CUDA when present (bf16 if the GPU supports it, else fp16), else the CPU in fp32."""
-    import psutil
-    import torch
-
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return DeviceChoice("cuda", props.name, dtype, int(props.total_memory))
-    if requested == "cuda":
-        raise StudioError("Training on the GPU was asked for, but PyTorch sees no CUDA GPU.",
-                          hint="Check the NVIDIA driver and that a CUDA build of PyTorch is installed, "
-                               "or train on the CPU.")
-    if requested == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise StudioError("Training on the Apple GPU was asked for, but MPS is not available.")
-        return DeviceChoice("mps", "Apple GPU", "fp32", int(psutil.virtual_memory().total))
-    from studio.ml.base.hardware import _cpu_name
-
-    return DeviceChoice("cpu", _cpu_name(), "fp32", int(psutil.virtual_memory().total))
+QUANT_CHOICES = ("auto", "4bit", "8bit", "none")
+DTYPES = ("bf16", "fp16", "fp32")
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
 
 def torch_dtype(name: str):
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name not in table:
+        raise StudioError(f"Unknown dtype {name!r}.", hint="Use bf16, fp16 or fp32.")
+    return table[name]
+
+
+def resolve_quant(quant: str, device: DeviceChoice) -> str:
+    """The quantization to load with: "auto" is 4-bit NF4 on a CUDA GPU, full precision elsewhere."""
+    if quant not in QUANT_CHOICES:
+        raise StudioError(f"Unknown quantization {quant!r}.", hint="Use auto, 4bit, 8bit or none.")
+    if quant == "auto":
+        return "4bit" if device.kind == "cuda" else "none"
+    return quant
 
 
 # ---------------------------------------------------------------- tokenizer
 
 
-def load_tokenizer(base_path: Path | str):
-    """The base's tokenizer with a pad token distinct from EOS (see `fix_pad_token`)."""
+def load_tokenizer(base_path: Path | str, *, adapter_path: Path | str | None = None, distinct_pad: bool = True):
+    """The base's tokenizer, or the adapter's own when its folder carries one (its chat template wins).
+
+    `distinct_pad` makes the pad token distinct from EOS (see `fix_pad_token`), as training needs;
+    a tokenizer that is saved again (a merged model) keeps the base's own.
+    """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(base_path))
-    note = fix_pad_token(tokenizer)
-    if note:
-        log.info(note)
+    folder = Path(base_path)
+    if adapter_path is not None and any((Path(adapter_path) / name).exists() for name in TOKENIZER_FILES):
+        folder = Path(adapter_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if distinct_pad:
+        note = fix_pad_token(tokenizer)
+        if note:
+            log.info(note)
     return tokenizer
 
 
@@ -84,7 +86,9 @@ def fix_pad_token(tokenizer) -> str | None:
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != eos:
         return None
-    template = chat_template_text(tokenizer)
+    templates = getattr(tokenizer, "chat_template", None) or ""
+    # Every template counts here (named ones too): a token any of them writes must never pad.
+    template = json.dumps(templates, sort_keys=True) if isinstance(templates, dict) else str(templates)
     candidates: list[str] = []
     if tokenizer.unk_token:
         candidates.append(tokenizer.unk_token)
@@ -109,13 +113,18 @@ def fix_pad_token(tokenizer) -> str | None:
 
 
 def chat_template_text(tokenizer) -> str:
+    """The template chats are rendered with: the tokenizer's, or its "default" one when it has named
+    templates (as `apply_chat_template` picks); "" when it has none."""
     template = getattr(tokenizer, "chat_template", None) or ""
-    return json.dumps(template, sort_keys=True) if isinstance(template, dict) else str(template)
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()), "")
+    return template if isinstance(template, str) else ""
 
 
-def chat_template_sha256(tokenizer) -> str:
-    text = chat_template_text(tokenizer)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest() if text else ""
+def chat_template_sha256(template: str | None) -> str:
+    """The hash a manifest's `chat_template_sha256` holds: sha256 of the template text (UTF-8); "" for none.
+    Written by training (of `chat_template_text(tokenizer)`) and compared by chat, so both use this."""
+    return hashlib.sha256(template.encode("utf-8")).hexdigest() if template else ""
 
 
 # ---------------------------------------------------------------- base model
@@ -132,27 +141,48 @@ def quantization_config(quant: str, compute_dtype: str):
     return None
 
 
-def load_base_model(base_path: Path | str, quant: str, device: DeviceChoice, *, pad_token_id: int | None = None):
-    """The base model on `device`, quantized as asked, frozen, with the KV cache off (packing needs it off)."""
+def load_base_model(base_path: Path | str, quant: str, device: DeviceChoice, *, dtype: str | None = None,
+                    pad_token_id: int | None = None, training: bool = False):
+    """The base model on `device`, quantized as asked (4bit, 8bit or none), in `dtype` (default: the
+    device's compute dtype). For training it is frozen with the KV cache off (packing needs it off);
+    otherwise it is in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    dtype = torch_dtype(device.dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    dtype = dtype or device.dtype
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
     qconfig = quantization_config(quant, device.dtype)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         kwargs["device_map"] = {"": 0} if device.kind == "cuda" else {"": device.kind}
-    model = AutoModelForCausalLM.from_pretrained(str(base_path), **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base_path), **kwargs)
+    except Exception as err:
+        if qconfig is None or is_oom(err):
+            raise
+        raise StudioError(f"Could not load {Path(base_path).name} in {quant} on {device.kind}: {err}.",
+                          hint="Load it unquantized (quant none).") from err
     if qconfig is None:
         model.to(device.kind)
-    model.config.use_cache = False
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = pad_token_id
-    for param in model.parameters():
-        param.requires_grad_(False)
+    if training:
+        model.config.use_cache = False
+        for param in model.parameters():
+            param.requires_grad_(False)
+    else:
+        model.eval()
     return model
+
+
+def load_full_precision(folder: Path | str, dtype: str = "fp32", device: DeviceChoice | None = None):
+    """An unquantized model in `dtype` (merging and blending need 16- or 32-bit weights), in eval mode."""
+    folder = Path(folder)
+    if read_config(folder).get("quantization_config"):
+        raise StudioError(f"{folder.name} is saved quantized; merging needs 16- or 32-bit weights.",
+                          hint="Use the original (unquantized) base model folder.")
+    return load_base_model(folder, "none", device or choose_device("auto"), dtype=dtype)
 
 
 def keep_cpu_4bit_trainable(model) -> int:
@@ -175,7 +205,7 @@ def keep_cpu_4bit_trainable(model) -> int:
 def load_base_for_training(base_path: Path | str, quant: str, device: DeviceChoice, *,
                            gradient_checkpointing: bool = True, pad_token_id: int | None = None):
     """A frozen base ready for adapters: k-bit prepared when quantized, activation checkpointing on."""
-    model = load_base_model(base_path, quant, device, pad_token_id=pad_token_id)
+    model = load_base_model(base_path, quant, device, pad_token_id=pad_token_id, training=True)
     if quant == "4bit" and device.kind == "cpu":
         keep_cpu_4bit_trainable(model)
     if quant != "none":
@@ -233,11 +263,45 @@ def attach_new_adapter(model, config: TrainConfig, base_ref: str):
     return peft_model
 
 
-def attach_existing_adapter(model, adapter_path: Path | str, base_ref: str, *, trainable: bool):
-    """An adapter from disk on the base: trainable to continue training it, else for inference."""
+def adapter_load_config(adapter_path: Path | str, *, trainable: bool = False):
+    """peft's LoraConfig of an adapter folder, with an initialisation that never touches the base.
+
+    peft runs the config's init when it attaches an adapter, and PiSSA/OLoRA/CorDA/LoftQ/LoRA-GA
+    rewrite the base layer's weight there. The saved A/B replace whatever the init made, so loading
+    with peft's plain init gives the same adapter and leaves the shared base alone.
+    """
+    from peft import LoraConfig
+
+    config = LoraConfig.from_pretrained(str(adapter_path))
+    config.init_lora_weights = neutral_init(config.init_lora_weights)
+    config.inference_mode = not trainable
+    return config
+
+
+def attach_adapter(model, adapter_path: Path | str, *, adapter_name: str = "default", trainable: bool = False,
+                   label: str | None = None):
+    """`model` with the adapter at `adapter_path` attached as `adapter_name`: a new PeftModel over a
+    plain model, or one more adapter on a PeftModel. Adapters whose init rewrites the base are refused."""
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=trainable)
+    read_adapter_config(Path(adapter_path), label or repr(Path(adapter_path).name))  # refuses base-mutating inits
+    config = adapter_load_config(adapter_path, trainable=trainable)
+    if not isinstance(model, PeftModel):
+        return PeftModel.from_pretrained(model, str(adapter_path), adapter_name=adapter_name,
+                                         is_trainable=trainable, config=config)
+    # load_adapter reads the config from disk unless the adapter already exists: add it first.
+    model.add_adapter(adapter_name, config)
+    try:
+        model.load_adapter(str(adapter_path), adapter_name=adapter_name, is_trainable=trainable)
+    except Exception:
+        model.delete_adapter(adapter_name)
+        raise
+    return model
+
+
+def attach_existing_adapter(model, adapter_path: Path | str, base_ref: str, *, trainable: bool):
+    """An adapter from disk on the base: trainable to continue training it, else for inference."""
+    peft_model = attach_adapter(model, adapter_path, trainable=trainable)
     peft_model.peft_config["default"].base_model_name_or_path = base_ref
     return peft_model
 
@@ -247,7 +311,7 @@ def load_for_inference(base_path: Path | str, adapter_path: Path | str, *, quant
     """(peft model in eval mode, tokenizer): the studio's own way to load base + adapter."""
     choice = choose_device(device)
     tokenizer = load_tokenizer(base_path)
-    base = load_base_model(base_path, quant, choice, pad_token_id=tokenizer.pad_token_id)
+    base = load_base_model(base_path, resolve_quant(quant, choice), choice, pad_token_id=tokenizer.pad_token_id)
     model = attach_existing_adapter(base, adapter_path, str(base_path), trainable=False)
     model.eval()
     return model, tokenizer

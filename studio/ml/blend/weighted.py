@@ -183,9 +183,9 @@ class BlendSession:
     result: BlendResult | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        from peft import PeftModel
-
-        from studio.ml.export.merge import estimate_export_bytes, load_model, pick_device
+        from studio.ml.base.hardware import choose_device
+        from studio.ml.base.loading import attach_adapter, load_full_precision, load_tokenizer
+        from studio.ml.export.merge import estimate_export_bytes
 
         self.data = self.data if self.data is not None else getattr(self.library, "data", None)
         self._step("check", 0.0, "Reading the adapters…")
@@ -204,19 +204,18 @@ class BlendSession:
                                   f"but {base.id} has {base.fingerprint}.",
                                   hint="Only adapters of this base can be blended on it.")
         self.base = base
-        self.device = pick_device(estimate_export_bytes(base.path, "bf16"), self.device)
+        choice = choose_device(self.device, needed_bytes=estimate_export_bytes(base.path, "bf16"))
+        self.device = choice.kind
         dtype = "fp32" if self.device == "cpu" else "bf16"
         self._step("load", 0.05, f"Loading the base model {base.id}…")
-        base_model, self.tokenizer = load_model(base.path, dtype, self.device)
+        self.model = load_full_precision(base.path, dtype, choice)
+        self.tokenizer = load_tokenizer(base.path, distinct_pad=False)
         n = len(self.parents)
         for i, parent in enumerate(self.parents):
             self._step("load", 0.4 + 0.55 * i / n, f"Loading adapter {parent.facts.name} ({i + 1}/{n})…")
             parent.peft_name = f"parent_{i}"
-            if i == 0:
-                self.model = PeftModel.from_pretrained(base_model, parent.entry.path,
-                                                       adapter_name=parent.peft_name)
-            else:
-                self.model.load_adapter(parent.entry.path, adapter_name=parent.peft_name)
+            self.model = attach_adapter(self.model, parent.entry.path, adapter_name=parent.peft_name,
+                                        label=repr(parent.facts.name))
         self.model.eval()
         self._step("load", 1.0, "Adapters loaded.")
 
@@ -268,9 +267,10 @@ class BlendSession:
 
     def preview(self, prompt: str, max_new_tokens: int = 64, *, adapter: str | None = None) -> str:
         """Greedy answer through the chat template: of the blend, a parent (id/name) or "base"."""
-        from studio.ml.chat.smoke import greedy_chat, stop_token_ids
+        from studio.ml.chat.generation import stop_ids
+        from studio.ml.chat.smoke import greedy_chat
 
-        stop = stop_token_ids(self.tokenizer, self.model.generation_config)
+        stop = stop_ids(self.tokenizer, generation_config=self.model.generation_config)
         if adapter == "base":
             with self.model.disable_adapter():
                 answer = greedy_chat(self.model, self.tokenizer, prompt, max_new_tokens=max_new_tokens,

@@ -3,7 +3,8 @@
 `AdapterSet` wraps the base model in a peft `PeftModel` when the first adapter arrives, attaches
 more with `load_adapter` under their library id, keeps at most `max_loaded` of them (the least
 recently used is deleted with `delete_adapter`), refuses an adapter whose manifest names another
-base fingerprint, and picks the chat template each adapter is rendered with (its folder's own, else
+base fingerprint or whose initialisation would rewrite the shared base (see
+studio.ml.base.loading.attach_adapter), and picks the chat template each adapter is rendered with (its folder's own, else
 the base's), warning when that is not the template it was trained with. `blend` makes a live,
 weighted "cat" combination (exact, scaling 1) under a temporary name, without writing anything.
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from studio.core.errors import StudioError
 from studio.core.library.manifest import AdapterManifest, read_manifest
-from studio.ml.chat.generation import template_sha256
+from studio.ml.base.loading import attach_adapter, chat_template_sha256
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +131,10 @@ class AdapterSet:
                 hint=f"Chat with it on {manifest.base_model or 'the base it was trained on'} instead.")
 
     def _attach(self, path: Path, peft_name: str, adapter_id: str) -> None:
-        from peft import PeftModel
-
         try:
-            if not self.is_peft:
-                self.model = PeftModel.from_pretrained(self.base_model, path, adapter_name=peft_name,
-                                                       is_trainable=False)
-            else:
-                self.model.load_adapter(path, adapter_name=peft_name, is_trainable=False)
+            self.model = attach_adapter(self.model, path, adapter_name=peft_name, label=repr(adapter_id))
+        except StudioError:
+            raise
         except Exception as err:
             raise StudioError(f"Adapter {adapter_id!r} could not be attached to {self.base_id}: {err}.",
                               hint="Check that it was trained on this base model.") from err
@@ -147,7 +144,7 @@ class AdapterSet:
         """The template this adapter is rendered with, and a warning when it was trained with another."""
         template = (folder_template(path) if path else "") or self.base_template
         trained = manifest.chat_template_sha256 if manifest else ""
-        used = template_sha256(template)
+        used = chat_template_sha256(template)
         if trained and trained != used:
             return template, (f"{adapter_id!r} was trained with another chat template (sha256 {trained[:12]}…) "
                               f"than the one used now ({used[:12]}…); its answers may be off.")

@@ -1,7 +1,7 @@
 """The chat engine: one base model in memory, LoRA adapters attached on demand, streamed answers.
 
-`ChatEngine(base)` (a resolved base, or its folder) loads the base once (4-bit NF4 on CUDA by default, full precision on a
-CPU). Adapters are attached with peft's `load_adapter` under their library id, kept up to
+`ChatEngine(base)` (a resolved base, or its folder) loads the base once through studio.ml.base.loading
+(4-bit NF4 on CUDA by default, full precision on a CPU). Adapters are attached with peft's `load_adapter` under their library id, kept up to
 `max_loaded_adapters` (the least recently used is deleted) and switched with `set_adapter`; "base"
 runs with the adapters disabled. Two or more panes answering at once share one `generate` call via
 peft's mixed-adapter batches (`adapter_names=`, "__base__" for the base) unless an adapter uses DoRA
@@ -27,6 +27,14 @@ from typing import Any
 from studio.core.basemodels import BaseModelInfo, inspect_base_model
 from studio.core.errors import StudioError
 from studio.core.progress import ShouldStop
+from studio.ml.base.hardware import choose_device
+from studio.ml.base.loading import (
+    chat_template_sha256,
+    chat_template_text,
+    load_base_model,
+    load_tokenizer,
+    resolve_quant,
+)
 from studio.ml.chat.adapters import BASE, LIVE, PEFT_BASE, AdapterSet, LoadedAdapter
 from studio.ml.chat.generation import (
     ChatEvent,
@@ -43,14 +51,11 @@ from studio.ml.chat.generation import (
     render_prompt,
     safe_pad_id,
     stop_ids,
-    template_sha256,
-    template_text,
 )
 
 log = logging.getLogger(__name__)
 
-QUANT_CHOICES = ("auto", "4bit", "none")
-__all__ = ["BASE", "LIVE", "ChatEngine", "load_base_model"]
+__all__ = ["BASE", "LIVE", "ChatEngine"]
 
 
 class _Done:
@@ -60,38 +65,6 @@ class _Done:
 @dataclass
 class _Failure:
     error: BaseException
-
-
-def load_base_model(folder: Path, quant: str = "auto", device: str | None = None):
-    """(model, tokenizer, quant actually used, device) for chat: eval mode, 4-bit or full precision."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if quant not in QUANT_CHOICES:
-        raise StudioError(f"Unknown quantization {quant!r}.", hint="Use auto, 4bit or none.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if quant == "auto":
-        quant = "4bit" if device.startswith("cuda") else "none"
-    if device.startswith("cuda"):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if quant == "4bit":
-        from transformers import BitsAndBytesConfig
-
-        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                 bnb_4bit_compute_dtype=dtype)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=bnb, dtype=dtype,
-                                                         device_map={"": device})
-        except Exception as err:
-            raise StudioError(f"Could not load {folder.name} in 4-bit on {device}: {err}.",
-                              hint="Try --quant none (full precision).") from err
-    else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
-    model.eval()
-    return model, tokenizer, quant, device
 
 
 class ChatEngine:
@@ -105,16 +78,20 @@ class ChatEngine:
         self.fingerprint = self.base_info.fingerprint
         self._lock = threading.RLock()
         self.base_loads = 0
-        self.base_model, self.tokenizer, self.quant, self.device = load_base_model(self.base_folder, quant, device)
+        choice = choose_device(device)
+        self.quant, self.device = resolve_quant(quant, choice), choice.kind
+        self.tokenizer = load_tokenizer(self.base_folder, distinct_pad=False)  # safe_pad_id picks the pad
+        self.base_model = load_base_model(self.base_folder, self.quant, choice)
         self.base_loads += 1  # the base is loaded here, once; nothing else ever loads it again
-        self.base_template = template_text(self.tokenizer)
-        self.base_template_sha256 = template_sha256(self.base_template)
+        self.base_template = chat_template_text(self.tokenizer)
+        self.base_template_sha256 = chat_template_sha256(self.base_template)
         self.adapters = AdapterSet(self.base_model, base_id=self.base_info.id, fingerprint=self.fingerprint,
                                    base_template=self.base_template, max_loaded=max_loaded_adapters,
                                    library=library)
         config = self.base_model.config
         self.context_tokens = int(getattr(config, "max_position_embeddings", 0) or 2048)
-        self.stop_ids = stop_ids(self.tokenizer, self.base_template, self.base_model.generation_config)
+        self.stop_ids = stop_ids(self.tokenizer, template=self.base_template,
+                                 generation_config=self.base_model.generation_config)
         self.pad_id = safe_pad_id(self.tokenizer, self.stop_ids)
         log.info("Chat engine: %s (%s, %s), stop ids %s, pad id %s", self.base_info.id, self.quant, self.device,
                  self.stop_ids, self.pad_id)

@@ -3,8 +3,9 @@
 `GenerationSettings` and the event dataclasses (`Started`, `Token`, `Trimmed`, `TemplateWarning`,
 `Finished`) are what a caller (the GUI's worker, the CLI) sees. The rest is the machinery the chat
 engine drives `model.generate` with: `render_prompt` trims a conversation from its oldest turns to
-fit the context window, `stop_ids`/`safe_pad_id` make every answer end at the end-of-turn token
-with a pad id that is never mistaken for it, `RowStreamer` turns the token ids of a (possibly
+fit the context window, `stop_ids`/`end_of_turn_token` are the one rule for where an answer ends
+(the export smoke test and training samples use it too), `safe_pad_id` picks a pad id that is never
+mistaken for a stop, `RowStreamer` turns the token ids of a (possibly
 batched) `generate` into per-row text deltas, and `StopRequested` cancels it.
 
 Importing this module does not import torch (the GUI may build settings on its own thread).
@@ -13,7 +14,6 @@ Knows nothing about adapters, peft or where models live.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,10 +22,11 @@ from typing import Any
 
 from studio.core.checks import check_number, check_positive, check_whole
 from studio.core.errors import StudioError
+from studio.ml.base.loading import chat_template_text
 
 log = logging.getLogger(__name__)
 
-# End-of-turn markers of common chat templates (ChatML, Llama 3, Gemma, Phi-3).
+# End-of-turn markers of common chat templates (ChatML, Llama 3, Gemma, Phi-3), most specific first.
 END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|eom_id|>", "<|endoftext|>")
 STOP_REASONS = ("eos", "max_tokens", "stopped")
 
@@ -145,18 +146,6 @@ ChatEvent = Started | Token | Trimmed | TemplateWarning | Finished
 # ---------------------------------------------------------------- templates and prompts
 
 
-def template_sha256(template: str | None) -> str:
-    """The hash a manifest's `chat_template_sha256` holds: sha256 of the template text (UTF-8)."""
-    return hashlib.sha256((template or "").encode("utf-8")).hexdigest() if template else ""
-
-
-def template_text(tokenizer) -> str:
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if isinstance(template, dict):  # named templates: the default one renders chats
-        template = template.get("default") or next(iter(template.values()), "")
-    return template
-
-
 def normalize_messages(messages: Sequence[Message], system_prompt: str = "") -> list[dict[str, str]]:
     """Plain {role, content} dicts; `system_prompt` (when given) replaces any system message."""
     out: list[dict[str, str]] = []
@@ -178,7 +167,7 @@ def apply_template(tokenizer, messages: list[dict[str, str]], template: str | No
     kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
     if template:
         kwargs["chat_template"] = template
-    elif not template_text(tokenizer):
+    elif not chat_template_text(tokenizer):
         # No chat template at all: a plain transcript is the best guess.
         lines = [f"{m['role']}: {m['content']}" for m in messages]
         return "\n".join(lines) + "\nassistant:"
@@ -231,10 +220,25 @@ def render_prompt(tokenizer, messages: list[dict[str, str]], template: str | Non
 # ---------------------------------------------------------------- stop and pad ids
 
 
-def stop_ids(tokenizer, template: str | None = None, generation_config: Any = None) -> list[int]:
-    """EOS plus every end-of-turn token the chat template uses (and the generation config's EOS)."""
+def end_of_turn_token(tokenizer, template: str | None = None) -> str:
+    """The token that closes an assistant turn: the first end-of-turn marker the chat template writes
+    (default: the tokenizer's template), else EOS. It is always one of `stop_ids`."""
+    template = chat_template_text(tokenizer) if template is None else template
     vocab = tokenizer.get_vocab()
-    template = template if template is not None else template_text(tokenizer)
+    for marker in END_OF_TURN_MARKERS:
+        if marker in template and marker in vocab:
+            return marker
+    if tokenizer.eos_token is None:
+        raise StudioError("This tokenizer has neither an end-of-turn token nor an EOS token, so an "
+                          "answer can never end.", hint="Use a chat model with a chat template.")
+    return tokenizer.eos_token
+
+
+def stop_ids(tokenizer, *, template: str | None = None, generation_config: Any = None) -> list[int]:
+    """The ids that end an answer, for chat, samples, previews and exports alike: EOS, every
+    end-of-turn marker the chat template writes, and the generation config's EOS."""
+    vocab = tokenizer.get_vocab()
+    template = chat_template_text(tokenizer) if template is None else template
     ids: list[int] = []
 
     def add(value: Any) -> None:
@@ -244,7 +248,7 @@ def stop_ids(tokenizer, template: str | None = None, generation_config: Any = No
 
     add(tokenizer.eos_token_id)
     for marker in END_OF_TURN_MARKERS:
-        if marker in (template or "") and marker in vocab:
+        if marker in template and marker in vocab:
             add(vocab[marker])
     add(getattr(generation_config, "eos_token_id", None))
     if not ids:

@@ -16,13 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from studio.core.errors import StudioError
+from studio.ml.chat.generation import end_of_turn_token
 
 log = logging.getLogger(__name__)
 
 PROBE_PROMPT = "What is the capital of France?"
 DEFAULT_MAX_NEW_TOKENS = 48
-# End-of-turn markers of common chat templates, most specific first.
-END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|eom_id|>")
 
 
 @dataclass(frozen=True)
@@ -54,31 +53,6 @@ Check = Callable[[GreedyAnswer], "str | None"]
 
 class SmokeTestFailed(StudioError):
     """An export was written but did not pass its smoke test, so it was not kept."""
-
-
-def end_of_turn_token(tokenizer) -> str:
-    """The token that closes an assistant turn in this tokenizer's chat template (else EOS)."""
-    template = tokenizer.chat_template or ""
-    if isinstance(template, dict):
-        template = " ".join(template.values())
-    vocab = tokenizer.get_vocab()
-    for marker in END_OF_TURN_MARKERS:
-        if marker in template and marker in vocab:
-            return marker
-    if tokenizer.eos_token is None:
-        raise StudioError("This tokenizer has neither an end-of-turn token nor an EOS token, so an "
-                          "answer can never end.", hint="Use a chat model with a chat template.")
-    return tokenizer.eos_token
-
-
-def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
-    """The end-of-turn token plus every EOS the tokenizer and generation config already know."""
-    ids = [tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))]
-    extra = getattr(generation_config, "eos_token_id", None)
-    for value in ([extra] if isinstance(extra, int) else list(extra or [])) + [tokenizer.eos_token_id]:
-        if value is not None and value not in ids:
-            ids.append(int(value))
-    return ids
 
 
 def greedy_chat(model, tokenizer, prompt: str, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,

@@ -205,11 +205,12 @@ def token_table(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
 def add_bpe_vocab(writer, folder: Path, vocab_size: int, pre_tokenizer: str | None = None) -> list[str]:
     """Write the tokenizer metadata; returns warnings for the user."""
     import gguf
-    from transformers import AutoTokenizer
+
+    from studio.ml.base.loading import load_tokenizer
 
     folder = Path(folder)
     _check_byte_level_bpe(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder, distinct_pad=False)
     if max(tokenizer.get_vocab().values()) >= vocab_size:
         raise StudioError(f"The tokenizer has ids beyond the model's vocab_size ({vocab_size}).",
                           hint="The tokenizer does not belong to this model.")

@@ -19,11 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.core import atomic
-from studio.core.basemodels import inspect_base_model, read_config, tensor_infos
+from studio.core.basemodels import inspect_base_model, tensor_infos
 from studio.core.errors import StudioError
 from studio.core.library.manifest import read_manifest
 from studio.core.library.ollama import OllamaBundle, write_bundle
 from studio.core.progress import OnProgress, ShouldStop, Steps
+from studio.ml.base.hardware import choose_device
+from studio.ml.base.loading import (
+    attach_adapter,
+    free_memory,
+    load_full_precision,
+    load_tokenizer,
+    torch_dtype,
+)
+from studio.ml.chat.generation import stop_ids
 from studio.ml.chat.smoke import (
     DEFAULT_MAX_NEW_TOKENS,
     PROBE_PROMPT,
@@ -31,16 +40,12 @@ from studio.ml.chat.smoke import (
     SmokeResult,
     require_pass,
     smoke_test,
-    stop_token_ids,
 )
 
 log = logging.getLogger(__name__)
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 DISK_MARGIN = 1.1
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
-                   "merges.txt", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
-
 
 
 @dataclass
@@ -67,56 +72,6 @@ class OllamaExport:
         return {**self.bundle.to_dict(), "smoke": self.smoke.to_dict()}
 
 
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_device(needed_bytes: int, device: str | None = None) -> str:
-    """`device` if given; else CUDA when the model fits in its free memory (with room), else the CPU."""
-    import torch
-
-    if device:
-        return device
-    if torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
-        if needed_bytes * 1.3 < free:
-            return "cuda"
-        log.info("The model needs more than the GPU's free memory; using the CPU.")
-    return "cpu"
-
-
-def torch_dtype(name: str):
-    import torch
-
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name not in table:
-        raise StudioError(f"Unknown dtype {name!r}.", hint="Use bf16, fp16 or fp32.")
-    return table[name]
-
-
-def load_model(folder: Path | str, dtype: str = "fp32", device: str | None = None):
-    """(model, tokenizer) from a Hugging Face folder, unquantized, in `dtype`, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = Path(folder)
-    if read_config(folder).get("quantization_config"):
-        raise StudioError(f"{folder.name} is saved quantized; merging needs 16- or 32-bit weights.",
-                          hint="Use the original (unquantized) base model folder.")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
-    model.to(resolve_device(device)).eval()
-    return model, AutoTokenizer.from_pretrained(folder)
-
-
-def load_tokenizer_for(base_folder: Path, adapter_folder: Path):
-    """The adapter's own tokenizer when it carries one (its chat template wins), else the base's."""
-    from transformers import AutoTokenizer
-
-    has_own = (adapter_folder / "tokenizer_config.json").exists() or (adapter_folder / "tokenizer.json").exists()
-    return AutoTokenizer.from_pretrained(adapter_folder if has_own else base_folder)
 
 
 def check_adapter_fits(base_folder: Path, adapter_folder: Path) -> None:
@@ -163,62 +118,54 @@ def _gb(num_bytes: float) -> str:
     return f"{num_bytes / 1e9:.2f} GB" if num_bytes >= 1e7 else f"{num_bytes / 1e6:.2f} MB"
 
 
-def _free() -> None:
-    """Return freed model memory (callers `del` their references first)."""
-    from studio.ml.base.loading import free_memory
-
-    free_memory()
-
-
 def merge_and_export(base_folder: Path | str, adapter_folder: Path | str, dest: Path | str,
                      dtype: str = "bf16", *, max_shard_size: str = "2GB", device: str | None = None,
                      progress: OnProgress | None = None, should_stop: ShouldStop | None = None,
                      probe: str = PROBE_PROMPT, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                      smoke_check: Check | None = None) -> MergeResult:
     """Merge `adapter_folder` into `base_folder` and write a standalone model to `dest`, smoke-tested."""
-    from peft import PeftModel
-
     started = time.monotonic()
     base_folder, adapter_folder, dest = Path(base_folder), Path(adapter_folder), Path(dest)
     step = Steps(progress, should_stop)
     step("check", 0.0, "Checking the adapter, the base and the free disk space…")
-    torch_dtype(dtype)
+    torch_dtype(dtype)  # an unknown dtype is refused before anything is loaded
     if dest.exists():
         raise StudioError(f"{dest} already exists.", hint="Choose a new folder for the merged model.")
     check_adapter_fits(base_folder, adapter_folder)
     needed = estimate_export_bytes(base_folder, dtype)
     check_free_space(dest, needed)
-    device = pick_device(needed, device)
+    choice = choose_device(device, needed_bytes=needed)
     step("load", 0.05, f"Loading the base model in {dtype}…")
-    model, _ = load_model(base_folder, dtype, device)
-    tokenizer = load_tokenizer_for(base_folder, adapter_folder)
+    model = load_full_precision(base_folder, dtype, choice)
+    tokenizer = load_tokenizer(base_folder, adapter_path=adapter_folder, distinct_pad=False)
     step("load", 0.3, "Applying the adapter…")
     try:
-        peft_model = PeftModel.from_pretrained(model, adapter_folder)
+        peft_model = attach_adapter(model, adapter_folder)
     except (RuntimeError, ValueError, KeyError) as err:
         raise StudioError(f"The adapter does not fit this base model: {err}",
                           hint="Merge it into the base it was trained on.") from err
     step("merge", 0.4, "Merging the adapter into the weights…")
     merged = peft_model.merge_and_unload()
-    stop_ids = stop_token_ids(tokenizer, merged.generation_config)
-    merged.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+    stops = stop_ids(tokenizer, generation_config=merged.generation_config)
+    merged.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     if merged.generation_config.pad_token_id is None:
         merged.generation_config.pad_token_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                                 else stop_ids[0])
+                                                 else stops[0])
     with atomic.staging_dir(dest) as staging:
         step("save", 0.5, f"Writing safetensors shards (up to {max_shard_size} each)…")
         merged.save_pretrained(staging, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(staging)
         _copy_missing_chat_template(base_folder, adapter_folder, staging)
         del merged, peft_model, model
-        _free()
+        free_memory()
         step("smoke", 0.75, "Loading the exported model back for a smoke test…")
-        reloaded, reloaded_tok = load_model(staging, dtype, device)
+        reloaded = load_full_precision(staging, dtype, choice)
+        reloaded_tok = load_tokenizer(staging, distinct_pad=False)
         step("smoke", 0.85, f"Asking it {probe!r}…")
         result = smoke_test(reloaded, reloaded_tok, prompt=probe, max_new_tokens=max_new_tokens,
                             check=smoke_check)
         del reloaded
-        _free()
+        free_memory()
         require_pass(result, "merged model")
         files = sorted(p.name for p in staging.iterdir())
         size = sum(p.stat().st_size for p in staging.iterdir() if p.is_file())
@@ -244,20 +191,18 @@ def smoke_test_adapter(base_folder: Path | str, adapter_folder: Path | str, *, d
                        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, check: Check | None = None,
                        what: str = "exported adapter") -> SmokeResult:
     """Load base + adapter with plain peft, ask the probe, require it to stop at end of turn."""
-    from peft import PeftModel
-
-    device = pick_device(estimate_export_bytes(base_folder, "bf16"), device)
-    dtype = dtype or ("fp32" if device == "cpu" else "bf16")
-    model, _ = load_model(base_folder, dtype, device)
-    tokenizer = load_tokenizer_for(Path(base_folder), Path(adapter_folder))
+    choice = choose_device(device, needed_bytes=estimate_export_bytes(base_folder, "bf16"))
+    dtype = dtype or ("fp32" if choice.kind == "cpu" else "bf16")
+    model = load_full_precision(base_folder, dtype, choice)
+    tokenizer = load_tokenizer(base_folder, adapter_path=adapter_folder, distinct_pad=False)
     try:
-        peft_model = PeftModel.from_pretrained(model, adapter_folder)
+        peft_model = attach_adapter(model, adapter_folder, label=f"The {what}")
     except (RuntimeError, ValueError, KeyError) as err:
         raise StudioError(f"The {what} does not load in peft on this base: {err}") from err
     result = smoke_test(peft_model, tokenizer, prompt=probe, max_new_tokens=max_new_tokens,
-                        stop_ids=stop_token_ids(tokenizer, model.generation_config), check=check)
+                        stop_ids=stop_ids(tokenizer, generation_config=model.generation_config), check=check)
     del peft_model, model
-    _free()
+    free_memory()
     return require_pass(result, what)
 
 
@@ -275,7 +220,7 @@ def export_ollama(base_folder: Path | str, adapter_folder: Path | str, dest: Pat
     if dest.exists():
         raise StudioError(f"{dest} already exists.", hint="Choose a new folder for the Ollama bundle.")
     check_adapter_fits(base_folder, adapter_folder)
-    tokenizer = load_tokenizer_for(base_folder, adapter_folder)
+    tokenizer = load_tokenizer(base_folder, adapter_path=adapter_folder, distinct_pad=False)
     chat_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     with atomic.staging_dir(dest) as staging:
         step("write", 0.1, "Writing the Modelfile and the adapter files…")

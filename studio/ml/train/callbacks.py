@@ -248,9 +248,10 @@ class StudioCallback(TrainerCallback):
     def _samples(self, step: int, model) -> None:
         if model is None:
             return
-        from studio.ml.chat.smoke import greedy_chat, stop_token_ids
+        from studio.ml.chat.generation import stop_ids
+        from studio.ml.chat.smoke import greedy_chat
 
-        stops = stop_token_ids(self.tokenizer, getattr(model, "generation_config", None))
+        stops = stop_ids(self.tokenizer, generation_config=getattr(model, "generation_config", None))
         for probe in self.probes:
             try:
                 answer = greedy_chat(model, self.tokenizer, probe.prompt, max_new_tokens=self.max_new_tokens,

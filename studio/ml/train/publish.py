@@ -135,7 +135,7 @@ def publish_adapter(*, model, tokenizer, run: TrainedRun) -> tuple[AdapterEntry,
         alpha=float(peft_config.lora_alpha), target_modules=targets, hyperparameters=hyperparameters(run),
         dataset=run.dataset, metrics=metrics, lineage=Lineage(parents=parents, recipe=recipe),
         tags=list(run.config.tags), notes=run.config.notes, source="trained",
-        chat_template_sha256=model_loading.chat_template_sha256(tokenizer))
+        chat_template_sha256=model_loading.chat_template_sha256(model_loading.chat_template_text(tokenizer)))
     entry = add_checkpoint_to_library(AdapterLibrary(run.data), best, manifest, run.base_ref, run.run.path)
     log.info("Run %s: adapter %s from %s", run_id, entry.id, best.name)
     finished = Finished(adapter_id=entry.id, path=str(entry.path), final_loss=run.last_loss, eval_loss=eval_loss,

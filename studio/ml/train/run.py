@@ -46,6 +46,7 @@ from studio.core.train.preflight import check_before_run
 from studio.core.train.run_dir import RunDir, step_of
 from studio.ml.base import loading as model_loading
 from studio.ml.base.default_model import resolve_base
+from studio.ml.base.hardware import choose_device
 from studio.ml.train.callbacks import EventSink, Probe, RunTracker, StudioCallback
 from studio.ml.train.publish import TrainedRun, dataset_summary, load_adapter_weights, publish_adapter
 
@@ -241,7 +242,7 @@ class _Run:
 
         self.base_info, self.base_ref = resolve_base(self.data, cfg.base, converting)
         self.emit(Preparing(message=f"Reading and tokenizing {cfg.data_folder}…"))
-        self.device = model_loading.choose_device(cfg.device)
+        self.device = choose_device(cfg.device)
         self.tokenizer = model_loading.load_tokenizer(self.base_info.path)
         self.parent = None
         if cfg.parent_adapter:

@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import Trainer, TrainingArguments
 
 from studio.core.train.config import TrainConfig
-from studio.ml.base.loading import DeviceChoice
+from studio.ml.base.hardware import DeviceChoice
 from studio.ml.train.label_only_loss import label_only_loss
 
 
