@@ -55,6 +55,9 @@ def run(argv: list[str]) -> int:
         parser.print_help()
         return 2
     try:
+        from studio.ml.base.threads import apply_thread_share
+
+        apply_thread_share()  # $LORA_STUDIO_TORCH_THREADS, else half the cores (torch is not imported here)
         data = data_dir(args.home) if args.home else data_dir()
         remove_leftovers(data)
         out = VERBS[args.verb].run(args, data)

@@ -41,10 +41,12 @@ def run_gui(argv: list[str]) -> int:
     app = make_app(argv)
     from PySide6.QtCore import QSettings
 
-    from studio.gui.settings_dialog import DATA_DIR_KEY, THEME_KEY, apply_theme
+    from studio.gui.settings_dialog import DATA_DIR_KEY, THEME_KEY, TORCH_THREADS_KEY, apply_theme
+    from studio.ml.base.threads import apply_thread_share  # imports no torch
 
     settings = QSettings()
     apply_theme(app, settings.value(THEME_KEY, "system", type=str))
+    apply_thread_share(settings.value(TORCH_THREADS_KEY, 0, type=int))  # before any worker imports torch
     chosen_home = settings.value(DATA_DIR_KEY, "", type=str)
     data = data_dir(chosen_home) if chosen_home and not os.environ.get("LORA_STUDIO_HOME") else data_dir()
     setup_logging(data.logs)

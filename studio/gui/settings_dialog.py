@@ -1,7 +1,8 @@
-"""The settings dialog (data directory, default base model, theme) and the theme itself.
+"""The settings dialog (data directory, default base model, theme, torch CPU threads) and the theme itself.
 
 Settings are UI state, so they live in QSettings; the data directory chosen here is applied at the
-next start through LORA_STUDIO_HOME. Knows nothing about the panels.
+next start through LORA_STUDIO_HOME. The torch thread share (0 = automatic) applies at once to this
+process and to training runs started from now on (studio.ml.base.threads). Knows nothing about the panels.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLineEdit,
     QPushButton,
+    QSpinBox,
     QWidget,
 )
 
@@ -27,6 +29,7 @@ from studio.core.paths import default_home
 THEME_KEY = "ui/theme"
 DATA_DIR_KEY = "ui/data_dir"
 BASE_MODEL_KEY = "ui/default_base"
+TORCH_THREADS_KEY = "compute/torch_threads"  # 0: automatic (half the cores)
 
 
 _platform_look: tuple[str, QPalette] | None = None  # the style and palette the app started with
@@ -74,11 +77,18 @@ class SettingsDialog(QDialog):
         self.theme_combo = QComboBox()
         self.theme_combo.addItems(["system", "light", "dark"])
         self.theme_combo.setCurrentText(self.settings.value(THEME_KEY, "system", type=str))
+        self.threads_spin = QSpinBox()
+        self.threads_spin.setRange(0, 256)
+        self.threads_spin.setSpecialValueText("auto (half the cores)")
+        self.threads_spin.setValue(self.settings.value(TORCH_THREADS_KEY, 0, type=int))
+        self.threads_spin.setToolTip("CPU threads torch may use in the app and in each training run. "
+                                     "LORA_STUDIO_TORCH_THREADS, when set, wins.")
 
         form = QFormLayout(self)
         form.addRow("Data directory (next start)", row)
         form.addRow("Default base model", self.base_edit)
         form.addRow("Theme", self.theme_combo)
+        form.addRow("Torch CPU threads", self.threads_spin)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
@@ -93,6 +103,10 @@ class SettingsDialog(QDialog):
         self.settings.setValue(DATA_DIR_KEY, self.data_dir_edit.text().strip())
         self.settings.setValue(BASE_MODEL_KEY, self.base_edit.text().strip() or DEFAULT_BASE_ID)
         self.settings.setValue(THEME_KEY, self.theme_combo.currentText())
+        self.settings.setValue(TORCH_THREADS_KEY, self.threads_spin.value())
+        from studio.ml.base.threads import apply_thread_share  # imports no torch
+
+        apply_thread_share(self.threads_spin.value())
         app = QApplication.instance()
         if isinstance(app, QApplication):
             apply_theme(app, self.theme_combo.currentText())

@@ -73,7 +73,11 @@ def _child_main(config: TrainConfig, data: DataDir, conn, stop_event, parent_pid
 
     try:
         _log_to_file(data)
-        log.info("Training process %s started (run %s)", os.getpid(), config.resume or config.display_name())
+        from studio.ml.base.threads import apply_thread_share
+
+        threads = apply_thread_share()  # the share the app passed down in the environment
+        log.info("Training process %s started (run %s, %d torch threads)", os.getpid(),
+                 config.resume or config.display_name(), threads)
         from studio.ml.train.run import run_training
 
         result = run_training(config, data, on_event=lambda event: send(("event", event)), should_stop=should_stop)
