@@ -296,6 +296,8 @@ def attach_adapter(model, adapter_path: Path | str, *, adapter_name: str = "defa
     except Exception:
         model.delete_adapter(adapter_name)
         raise
+    if trainable:
+        model.set_requires_grad(adapter_name)  # add_adapter leaves a new adapter frozen
     return model
 
 

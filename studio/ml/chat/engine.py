@@ -1,7 +1,8 @@
 """The chat engine: one base model in memory, LoRA adapters attached on demand, streamed answers.
 
 `ChatEngine(base)` (a resolved base, or its folder) loads the base once through studio.ml.base.loading
-(4-bit NF4 on CUDA by default, full precision on a CPU). Adapters are attached with peft's `load_adapter` under their library id, kept up to
+(4-bit NF4 on CUDA by default, full precision on a CPU). Adapters are attached (loading.attach_adapter,
+which refuses any whose init would rewrite the shared base) under their library id, kept up to
 `max_loaded_adapters` (the least recently used is deleted) and switched with `set_adapter`; "base"
 runs with the adapters disabled. Two or more panes answering at once share one `generate` call via
 peft's mixed-adapter batches (`adapter_names=`, "__base__" for the base) unless an adapter uses DoRA
