@@ -32,6 +32,7 @@ from studio.ml.base.hardware import choose_device
 from studio.ml.base.loading import (
     chat_template_sha256,
     chat_template_text,
+    free_memory,
     load_base_model,
     load_tokenizer,
     resolve_quant,
@@ -271,14 +272,7 @@ class ChatEngine:
 
     def close(self) -> None:
         """Drop the model (its memory is returned once no one else holds it)."""
-        import gc
-
         with self._lock:
             self.adapters = None
             self.base_model = None
-            gc.collect()
-            with contextlib.suppress(Exception):
-                import torch
-
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+            free_memory()
