@@ -4,10 +4,12 @@ A base model is a Hugging Face-layout folder: config.json, tokenizer files, safe
 A reference names one as a studio id (`models/<id>/`, "org/name" for `models/org--name/`), a Hugging
 Face cache repo id, or a folder. `locate_base` finds the folder (cheaply, without reading weights)
 and `resolve_base_model` describes it; either gives the base an `id` that finds it again from any
-working directory (studio id, repo id, or absolute folder), which is what adapters record, and a
-`peft_name` (its hub id where it has one, else its folder) for adapter_config.json, so plain peft
-finds the base too. The fingerprint hashes what decides whether an adapter fits: the
-shape-defining config keys and every tensor's name and shape. Loading weights is studio.ml's job.
+working directory (studio id, repo id, or absolute folder), which is what adapters record, a
+`peft_name` (its hub id where it has one, else its folder) for the library's adapter_config.json, so
+plain peft finds the base too, and an `export_name` (its hub id, else its folder's name: never a
+path of the user's) for what leaves the machine. The fingerprint hashes what decides whether an
+adapter fits: the shape-defining config keys and every tensor's name and shape. Loading weights is
+studio.ml's job.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.core.errors import StudioError
+from studio.core.jsonfile import read_json
 from studio.core.paths import DataDir
 from studio.core.progress import OnProgress, Steps
 from studio.core.tensorfiles import TensorInfo, read_header
@@ -44,14 +47,25 @@ DEFAULT_BASE_SHAPE = {
 }
 
 
-def peft_name(base_id: str, source: str, path: Path) -> str:
-    """What adapter_config.json's base_model_name_or_path should say so that plain peft
-    (AutoPeftModelForCausalLM) finds this base: its hub id where it has one, else its folder."""
+def hub_id(base_id: str, source: str) -> str | None:
+    """The base's Hugging Face hub id, where it has one (a cache repo, a download, the default)."""
     if source == "hf-cache" or (source == "studio" and "/" in base_id):
         return base_id
     if source == "studio" and base_id == DEFAULT_BASE_ID:
         return DEFAULT_BASE_HUB_ID
-    return str(path)
+    return None
+
+
+def peft_name(base_id: str, source: str, path: Path) -> str:
+    """What the library's adapter_config.json names as base_model_name_or_path so that plain peft
+    (AutoPeftModelForCausalLM) finds this base on this machine: its hub id, else its folder."""
+    return hub_id(base_id, source) or str(path)
+
+
+def export_name(base_id: str, source: str, path: Path) -> str:
+    """How an export names this base: its hub id, else its folder's name (an export leaves the
+    machine, so it carries no path of the user's)."""
+    return hub_id(base_id, source) or Path(path).name
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,10 @@ class BaseLocation:
     @property
     def peft_name(self) -> str:
         return peft_name(self.id, self.source, self.path)
+
+    @property
+    def export_name(self) -> str:
+        return export_name(self.id, self.source, self.path)
 
     def inspect(self) -> BaseModelInfo:
         """Validate the folder and describe it under this id (reads safetensors headers)."""
@@ -97,10 +115,7 @@ def read_config(folder: Path) -> dict:
     if not path.exists():
         raise StudioError(f"{folder} has no config.json, so it is not a Hugging Face model folder.",
                           hint="Point at the folder that holds config.json and the .safetensors files.")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StudioError(f"{path} is not valid JSON: {err}.") from err
+    config = read_json(path)
     if not isinstance(config, dict):
         raise StudioError(f"{path} should hold a JSON object.")
     return config
@@ -112,7 +127,7 @@ def weight_files(folder: Path) -> list[Path]:
     if index.exists():
         try:
             names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, RecursionError) as err:
             raise StudioError(f"{index} is not a valid safetensors index: {err}.") from err
         return [folder / name for name in names]
     return sorted(folder.glob("*.safetensors"))
@@ -173,9 +188,10 @@ def has_chat_template(folder: Path) -> bool:
     tok_config = folder / "tokenizer_config.json"
     if tok_config.exists():
         try:
-            return bool(json.loads(tok_config.read_text(encoding="utf-8")).get("chat_template"))
-        except (OSError, ValueError):
+            settings = json.loads(tok_config.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):  # a broken file has no usable template either
             return False
+        return isinstance(settings, dict) and bool(settings.get("chat_template"))
     return False
 
 

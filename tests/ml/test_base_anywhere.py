@@ -1,6 +1,6 @@
 """A base recorded so that it resolves anywhere: an adapter trained on a base given as a folder merges
-and exports from another working directory; exports name their base so that plain peft's
-AutoPeftModelForCausalLM finds it; an old manifest that recorded a bare folder name fails saying what
+and exports from another working directory; exports name their base (by its hub id, else its folder's
+name: never a path) so that plain peft's AutoPeftModelForCausalLM finds it; an old manifest that recorded a bare folder name fails saying what
 was looked for; a Hugging Face cache base is shown by its repo id in chat."""
 
 from __future__ import annotations
@@ -88,13 +88,14 @@ def test_an_adapter_trained_on_a_folder_merges_and_exports_from_anywhere(tiny_ba
     merged = run_python(code, studio_home, elsewhere)
     assert merged.returncode == 0, merged.stderr
     assert (elsewhere / "merged" / "config.json").is_file()
-    assert exported_base_names(studio_home, entry.id, elsewhere) == {fmt: str(base) for fmt in ("peft", "zip", "ollama")}
+    # An export leaves the machine: it names the base by its folder's name, never the user's path.
+    assert exported_base_names(studio_home, entry.id, elsewhere) == {fmt: "localbase" for fmt in ("peft", "zip", "ollama")}
 
-    # Plain peft loads the export by what it names, from yet another folder.
+    # Plain peft loads the export by what it names, beside the base's folder.
     code = ("from peft import AutoPeftModelForCausalLM\n"
             f"model = AutoPeftModelForCausalLM.from_pretrained({str(elsewhere / 'peft-out')!r})\n"
             "print(model.base_model.model.config.hidden_size, sorted(model.peft_config))\n")
-    loaded = run_python(code, studio_home, tmp_path / "third")
+    loaded = run_python(code, studio_home, work)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split() == ["64", "['default']"]
 
@@ -148,7 +149,7 @@ def test_an_old_manifest_by_bare_folder_name(tiny_base_dir, studio_home, tmp_pat
     config["base_model_name_or_path"] = str(tiny_base_dir)
     (old.path / "adapter_config.json").write_text(json.dumps(config))
     names = exported_base_names(studio_home, "old", tmp_path / "other")
-    assert names == {fmt: str(tiny_base_dir) for fmt in ("peft", "zip", "ollama")}
+    assert names == {fmt: tiny_base_dir.name for fmt in ("peft", "zip", "ollama")}  # its name, not its path
 
 
 def test_a_hugging_face_cache_base_is_shown_by_its_repo_id_in_chat(tiny_base_dir, studio_home, tmp_path):

@@ -7,9 +7,9 @@ LoftQ and LoRA-GA rewrite them when peft attaches the adapter, so they are refus
 LoRA's with ranks matching `r`, and, when the claimed base model can be found, that every LoRA
 matrix fits the base's Linear weight. A folder without `studio.json` gets a manifest inferred from
 its config. `adapter_base` finds the base an adapter records, through the one base resolver
-(studio.core.basemodels); `config_naming_base` is the adapter_config.json an export carries, naming
-the base so plain peft finds it. Unpacking a .zip safely is studio.core.library.archive's job;
-`find_adapter_root` finds the adapter inside what it unpacked. Knows nothing about where the library keeps folders, the trash or ids.
+(studio.core.basemodels); what an export carries is studio.core.library.exported's. Unpacking a .zip
+safely is studio.core.library.archive's job; `find_adapter_root` finds the adapter inside what it
+unpacked. Knows nothing about where the library keeps folders, the trash or ids.
 """
 
 from __future__ import annotations
@@ -310,14 +310,6 @@ def adapter_base(data: DataDir, folder: Path, manifest: AdapterManifest) -> Base
                       hint=f"Set base_model in {fix} to the base's full folder path (or its studio id or "
                            "Hugging Face repo id); `lora-studio models` lists the bases available."
                            + same_fingerprint_note(data, manifest.base_fingerprint))
-
-
-def config_naming_base(folder: Path, base_name: str) -> str:
-    """The text of the folder's adapter_config.json with base_model_name_or_path set to `base_name`
-    (how plain peft's AutoPeftModel finds the base); everything else as peft wrote it."""
-    config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = base_name
-    return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
 # ---------------------------------------------------------------- tensors

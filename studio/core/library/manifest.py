@@ -7,7 +7,6 @@ Every field of a studio.json read from disk is type-checked, since users and oth
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -16,6 +15,7 @@ from typing import Any
 
 from studio.core import atomic
 from studio.core.errors import StudioError
+from studio.core.jsonfile import read_json
 
 MANIFEST_NAME = "studio.json"
 SCHEMA_VERSION = 1
@@ -128,12 +128,7 @@ def read_manifest(folder: Path) -> AdapterManifest | None:
     path = Path(folder) / MANIFEST_NAME
     if not path.exists():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except RecursionError as err:
-        raise StudioError(f"{path} is not usable: its JSON is nested too deeply.") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StudioError(f"{path} is not valid JSON: {err}.") from err
+    data = read_json(path)
     if not isinstance(data, dict):
         raise StudioError(f"{path} should hold a JSON object.")
     return AdapterManifest.from_dict(data)

@@ -1,8 +1,9 @@
 """Ollama bundles: a folder with a Modelfile (FROM base + ADAPTER ./adapter) and the adapter files.
 
 `ollama create NAME -f Modelfile` inside the folder turns it into an Ollama model. FROM names the
-base: an Ollama library tag when the user gives one, otherwise the absolute path of the base's
-safetensors folder (Ollama imports Llama-, Mistral- and Gemma-family safetensors). For ChatML
+base: an Ollama library tag or a folder when the user gives one, otherwise `./base`, where the user
+puts (or links) the base's safetensors folder (Ollama imports Llama-, Mistral- and Gemma-family
+safetensors): a bundle is made to be shared, so it names no folder of the user's. For ChatML
 bases (the default SmolLM2 is one) the Modelfile carries the TEMPLATE and the stop parameters, so
 Ollama renders turns the way the adapter was trained and stops at `<|im_end|>`.
 
@@ -19,10 +20,11 @@ from pathlib import Path
 
 from studio.core import atomic
 from studio.core.errors import StudioError
-from studio.core.library.adapter_folder import CONFIG_NAME, WEIGHTS_NAME, config_naming_base
+from studio.core.library.adapter_folder import CONFIG_NAME, WEIGHTS_NAME
 
 MODELFILE = "Modelfile"
 ADAPTER_DIR = "adapter"
+BUNDLED_BASE = "./base"  # the default FROM: a folder beside the Modelfile, which ollama resolves from there
 ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 INSTRUCTIONS = ("FROM", "PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "LICENSE", "MESSAGE", "REQUIRES")
 
@@ -107,13 +109,14 @@ def parse_modelfile(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def write_bundle(adapter_folder: Path | str, dest: Path | str, *, from_ref: str,
+def write_bundle(adapter_folder: Path | str, dest: Path | str, *, from_ref: str = BUNDLED_BASE,
                  chat_template: str | None, system: str | None = None, adapter_name: str = "",
-                 base_name: str = "") -> OllamaBundle:
+                 base_name: str = "", adapter_config: str = "") -> OllamaBundle:
     """Write Modelfile + adapter/ into `dest` (an empty or new folder; callers stage it atomically).
 
-    `base_name`, when given, goes into the bundled adapter_config.json's base_model_name_or_path
-    (see studio.core.basemodels.peft_name), so the adapter also loads in plain peft."""
+    `adapter_config`, when given, is the text of the bundled adapter_config.json (an export's, see
+    studio.core.library.exported), else the folder's is copied; `base_name` is named in the
+    Modelfile's comment as the base FROM must be."""
     adapter_folder, dest = Path(adapter_folder), Path(dest)
     missing = [name for name in ADAPTER_FILES if not (adapter_folder / name).exists()]
     if missing:
@@ -124,15 +127,18 @@ def write_bundle(adapter_folder: Path | str, dest: Path | str, *, from_ref: str,
     target.mkdir(parents=True, exist_ok=True)
     for name in ADAPTER_FILES:
         shutil.copyfile(adapter_folder / name, target / name)
-    if base_name:
-        atomic.write_text(target / CONFIG_NAME, config_naming_base(adapter_folder, base_name))
+    if adapter_config:
+        atomic.write_text(target / CONFIG_NAME, adapter_config)
     warnings = []
     if not is_chatml(chat_template):
         warnings.append("The base's chat template is not ChatML, so the Modelfile has no TEMPLATE: "
                         "Ollama uses the FROM model's own template.")
     comment = (f"LoRA Studio export{f' of {adapter_name}' if adapter_name else ''}.\n"
                "Create the model with:  ollama create MODEL-NAME -f Modelfile\n"
-               "FROM must be the base this adapter was trained on (an Ollama tag or a safetensors folder).")
+               f"FROM must be the base this adapter was trained on{f' ({base_name})' if base_name else ''}: "
+               "an Ollama tag or its safetensors folder."
+               + (f"\nPut that folder (or a link to it) here as {BUNDLED_BASE}, or change FROM." if
+                  from_ref == BUNDLED_BASE else ""))
     text = modelfile_text(from_ref, chat_template=chat_template, system=system, comment=comment)
     parse_modelfile(text)
     atomic.write_text(dest / MODELFILE, text)

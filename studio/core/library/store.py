@@ -38,10 +38,8 @@ from studio.core.library.adapter_folder import (
     PICKLE_SUFFIXES,
     WEIGHTS_NAME,
     BaseLookup,
-    adapter_base,
     check_finite_weights,
     check_weights_present,
-    config_naming_base,
     default_base_lookup,
     extra_file_limit,
     find_adapter_root,
@@ -50,6 +48,7 @@ from studio.core.library.adapter_folder import (
     read_adapter_config,
 )
 from studio.core.library.archive import extract_zip_safely
+from studio.core.library.exported import export_naming
 from studio.core.library.manifest import (
     MANIFEST_NAME,
     AdapterManifest,
@@ -299,40 +298,33 @@ class AdapterLibrary:
             target = dest / stem if dest.is_dir() else dest
         if target.exists():
             raise StudioError(f"{target} already exists.", hint="Choose another destination, or remove it first.")
-        # What an import would take, so a file or link put into the folder by hand never ships.
-        files = [p for p in importable_files(entry.path, repr(entry.id)) if p.name not in (MANIFEST_NAME, CONFIG_NAME)]
-        written = {MANIFEST_NAME: json.dumps(entry.manifest.to_dict(), indent=2, ensure_ascii=False) + "\n",
-                   CONFIG_NAME: self.exported_config(entry)}
+        # What an import would take, so a file or link put into the folder by hand never ships; every
+        # file but the weights is rewritten so that no path of the user's leaves the machine.
+        naming = export_naming(self.data, entry.path, entry.manifest)
+        files = importable_files(entry.path, repr(entry.id))
+        weights = [p for p in files if p.name == WEIGHTS_NAME]
+        written = {MANIFEST_NAME: naming.manifest(entry.manifest).encode(),
+                   CONFIG_NAME: naming.adapter_config(entry.path).encode(),
+                   **{p.name: naming.extra_file(p) for p in files if p.name in EXTRA_FILES}}
         try:
             if not as_zip:
                 with atomic.staging_dir(target) as stage:
-                    for item in files:
+                    for item in weights:
                         shutil.copy2(item, stage / item.name)
-                    for name, text in written.items():
-                        atomic.write_text(stage / name, text)
+                    for name, data in written.items():
+                        atomic.write_bytes(stage / name, data)
                 return target
             with atomic.open_for_write(target) as handle, zipfile.ZipFile(handle, "w") as archive:
-                for item in files:
-                    kind = zipfile.ZIP_STORED if item.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
-                    archive.write(item, f"{stem}/{item.name}", compress_type=kind)
-                for name, text in written.items():
-                    archive.writestr(f"{stem}/{name}", text, zipfile.ZIP_DEFLATED)
+                for item in weights:
+                    archive.write(item, f"{stem}/{item.name}", compress_type=zipfile.ZIP_STORED)
+                for name, data in written.items():
+                    archive.writestr(f"{stem}/{name}", data, zipfile.ZIP_DEFLATED)
         except OSError as err:
             if is_disk_full(err):
                 raise disk_full_error(target.parent, f"export {entry.manifest.name!r}") from err
             raise StudioError(f"Could not export {entry.manifest.name!r} to {target}: {err}.",
                               hint="Check the free disk space and that the destination is writable.") from err
         return target
-
-    def exported_config(self, entry: AdapterEntry) -> str:
-        """The adapter_config.json an export carries: naming the base by its hub id (or its folder)
-        so plain peft's AutoPeftModel finds it from anywhere; as stored when the base is not here."""
-        try:
-            base = adapter_base(self.data, entry.path, entry.manifest)
-        except StudioError as err:
-            log.warning("Exporting %s with its adapter_config.json as it is: %s", entry.id, err)
-            return (entry.path / CONFIG_NAME).read_text(encoding="utf-8")
-        return config_naming_base(entry.path, base.peft_name)
 
     # ------------------------------------------------------------ editing the manifest
 

@@ -22,6 +22,7 @@ from typing import Any
 from studio.core.basemodels import BaseModelInfo
 from studio.core.errors import StudioError
 from studio.core.library.adapter_folder import adapter_base
+from studio.core.library.exported import export_naming
 from studio.core.library.store import slugify
 from studio.core.progress import OnProgress, ShouldStop, StageProgress, Steps
 from studio.ml.chat.smoke import Check, SmokeResult
@@ -86,10 +87,12 @@ def export_adapter(library, adapter: str, dest: Path | str, fmt: str = "peft", *
     if probe:
         smoke_kwargs["probe"] = probe
     if fmt == "ollama":
+        naming = export_naming(library.data, entry.path, entry.manifest)  # a bundle names no folder of the user's
         result: OllamaExport = export_ollama(
             base, entry.path, dest, from_ref=from_ref, system=system, adapter_name=entry.manifest.name,
             device=device, progress=progress, should_stop=should_stop, smoke_check=smoke_check,
-            base_name=base_info.peft_name, **({"probe": probe} if probe else {}))
+            base_name=naming.base_name, adapter_config=naming.adapter_config(entry.path),
+            **({"probe": probe} if probe else {}))
         return ExportResult(path=result.bundle.path, format=fmt, smoke=result.smoke, warnings=result.warnings)
     step = Steps(progress, should_stop)
     step("write", 0.0, f"Exporting {entry.manifest.name} as a {'zip' if fmt == 'zip' else 'peft folder'}…")

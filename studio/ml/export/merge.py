@@ -22,7 +22,7 @@ from studio.core import atomic
 from studio.core.basemodels import inspect_base_model, tensor_infos
 from studio.core.errors import StudioError
 from studio.core.library.manifest import read_manifest
-from studio.core.library.ollama import OllamaBundle, write_bundle
+from studio.core.library.ollama import BUNDLED_BASE, OllamaBundle, write_bundle
 from studio.core.progress import OnProgress, ShouldStop, Steps
 from studio.ml.base.hardware import choose_device
 from studio.ml.base.loading import (
@@ -211,9 +211,11 @@ def export_ollama(base_folder: Path | str, adapter_folder: Path | str, dest: Pat
                   device: str | None = None, progress: OnProgress | None = None,
                   should_stop: ShouldStop | None = None, probe: str = PROBE_PROMPT,
                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, smoke_check: Check | None = None,
-                  base_name: str = "") -> OllamaExport:
-    """Write an Ollama bundle (Modelfile + adapter/) to `dest`, smoke-tested from the bundle's files;
-    `base_name` is what its adapter_config.json names the base by (see write_bundle)."""
+                  base_name: str = "", adapter_config: str = "") -> OllamaExport:
+    """Write an Ollama bundle (Modelfile + adapter/) to `dest`, smoke-tested from the bundle's files.
+
+    FROM is `from_ref`, else ./base beside the Modelfile (a bundle names no folder of the user's; the
+    result's warnings say where to put the base); `base_name` and `adapter_config` as in write_bundle."""
     base_folder, adapter_folder, dest = Path(base_folder), Path(adapter_folder), Path(dest)
     step = Steps(progress, should_stop)
     step("check", 0.0, "Checking the adapter and the base…")
@@ -224,13 +226,17 @@ def export_ollama(base_folder: Path | str, adapter_folder: Path | str, dest: Pat
     chat_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     with atomic.staging_dir(dest) as staging:
         step("write", 0.1, "Writing the Modelfile and the adapter files…")
-        bundle = write_bundle(adapter_folder, staging, from_ref=from_ref or str(base_folder.resolve()),
+        bundle = write_bundle(adapter_folder, staging, from_ref=from_ref or BUNDLED_BASE,
                               chat_template=chat_template, system=system, adapter_name=adapter_name,
-                              base_name=base_name)
+                              base_name=base_name, adapter_config=adapter_config)
         step("smoke", 0.3, "Loading the base and the bundled adapter for a smoke test…")
         smoke = smoke_test_adapter(base_folder, staging / "adapter", device=device, probe=probe,
                                    max_new_tokens=max_new_tokens, check=smoke_check,
                                    what="Ollama bundle's adapter")
     bundle.path, bundle.modelfile = dest, dest / bundle.modelfile.name
+    if bundle.from_ref == BUNDLED_BASE:
+        bundle.warnings.insert(0, f"FROM is {BUNDLED_BASE}: before `ollama create`, link or copy the base's "
+                                  f"folder {base_folder.resolve()} to {dest.resolve() / 'base'} (or give an "
+                                  "Ollama tag of the same model as FROM).")
     step("done", 1.0, f"Ollama bundle written to {dest}")
     return OllamaExport(bundle=bundle, smoke=smoke, warnings=list(bundle.warnings))
