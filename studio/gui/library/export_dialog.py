@@ -102,7 +102,7 @@ class ExportDialog(QDialog):
         folder_layout.addWidget(self.folder_edit, 1)
         folder_layout.addWidget(choose)
         self.name_edit = QLineEdit()
-        self.from_edit = QLineEdit(placeholderText="the base model's folder (default), or an Ollama model name")
+        self.from_edit = QLineEdit(placeholderText="an Ollama model name or the base's folder (default: ./base in the bundle)")
         self.system_edit = QLineEdit(placeholderText="optional SYSTEM prompt for the Modelfile")
         self.space_label = _label(2 * line + 2)
         self.form = QFormLayout()

@@ -3,7 +3,8 @@
 Finds the adapter's base model from what it records (the one base resolver), then hands over to studio.ml.export.merge
 (merged model, Ollama bundle) or to the library's own export (plain peft folder or .zip), whose
 result is loaded back with plain peft and must answer the probe prompt and stop at end of turn;
-an export that fails is removed again and reported as failed. GGUF LoRAs go to
+an export that fails is removed again and reported as failed. What an export carries names no
+path of the user's (studio.core.library.exported). GGUF LoRAs go to
 studio.ml.export.gguf, which reads its file back and checks it instead (llama.cpp is not run).
 
 Knows nothing about Qt or argument parsing.
