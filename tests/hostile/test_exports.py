@@ -122,5 +122,5 @@ def test_the_export_naming_rule_rewrites_paths_and_nothing_else():
                          "list": ["~/models/base", "(from /srv/x/y)"]}) == {
         "folder": "chats", "src": "chats", "n": 3, "list": ["base", "(from y)"]}
     untouched = ["HuggingFaceTB/SmolLM2-135M-Instruct", "see https://huggingface.co/docs/peft", "1/2 and/or 3",
-                 ".*\\.q_proj", "<|im_end|></s>", "cuda:0"]
+                 ".*\\.q_proj", "<|im_end|></s>", "cuda:0", "a / b", "/"]
     assert [naming.text(t) for t in untouched] == untouched

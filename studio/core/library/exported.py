@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # An absolute path where a word starts: POSIX (/a), home (~/a), a drive (C:\a) or a share (\\host\a);
 # it runs to the next space, quote or bracket. "https://host/a" and "a/b" are not paths.
-_ABSOLUTE = re.compile(r"""(?P<lead>^|[\s"'`(\[{=:,])(?P<path>(?:~|[A-Za-z]:)?[/\\](?![/\\\s])[^\s"'`<>|,;)\]}]*"""
+_ABSOLUTE = re.compile(r"""(?P<lead>^|[\s"'`(\[{=:,])(?P<path>(?:~|[A-Za-z]:)?[/\\](?![/\\\s])[^\s"'`<>|,;)\]}]+"""
                        r"""|\\\\[^\\\s"'`]+\\[^\s"'`<>|,;)\]}]*)""")
 
 
