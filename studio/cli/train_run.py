@@ -4,8 +4,8 @@
 TrainConfig (which checks every value, naming the field), `run_from_args(args, data)` runs it while streaming every event to stdout (one JSON
 object a line with --json, a short human line otherwise), and `train_cli_main(args)` does it all and
 returns an exit code (0 finished, 1 failed, 130 stopped). The first Ctrl-C stops cooperatively
-(a checkpoint is written; resume with --resume RUN_ID), a second one aborts. Knows nothing about
-Qt, and nothing about studio.cli.main's verb registry.
+(a checkpoint is written; resume with --resume RUN_ID), a second one aborts. The `train` verb in
+studio.cli.train registers it with studio.cli.main.
 """
 
 from __future__ import annotations

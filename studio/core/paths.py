@@ -1,6 +1,4 @@
 """Where the studio keeps what the user owns: the data directory and its fixed sub-folders.
-
-Knows nothing about what lives in those folders; only their names (and that they can be created).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Desktop / start-menu entries for LoRA Studio on Linux, Windows and macOS.
 
-Writes the platform's shortcut pointing at the double-click launcher in packaging/. Knows nothing
-about the app itself.
+Writes the platform's shortcut pointing at the double-click launcher in packaging/.
 """
 
 from __future__ import annotations

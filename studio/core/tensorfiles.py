@@ -2,7 +2,7 @@
 
 A safetensors file is an 8-byte little-endian header length, a JSON header naming each tensor's
 dtype, shape and byte range, then the raw data. Checking the header against the file size catches
-truncated and corrupt files before anything is loaded. Knows nothing about adapters or models.
+truncated and corrupt files before anything is loaded.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Error dialogs that say what happened and what to do, with the traceback behind "Show Details…".
 
 A StudioError carries its own hint; other exceptions get a generic one. The full traceback also goes
-to the log file (logging), so a user can attach it to a bug report. Knows nothing about the job that
-failed.
+to the log file (logging), so a user can attach it to a bug report.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ Opens without importing torch; the device is probed in the background after the 
 It owns the one app-wide ChangeNotifier (studio.gui.changes) that every panel announces to and
 refreshes from, and the watch on the data directory that turns the CLI's changes into the same
 notice. It routes requests between panels ("compare with base" from the library opens the chat
-panel, ...) and asks before closing while a panel is busy. Knows nothing about training or adapters
-beyond the panels' public methods and signals.
+panel, ...) and asks before closing while a panel is busy.
 """
 
 from __future__ import annotations

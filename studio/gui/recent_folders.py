@@ -1,7 +1,7 @@
 """The folders a file dialog last opened, remembered per purpose in QSettings.
 
 Each dialog (training data, adapter import, base model folder, export target) starts where the user
-last was for that purpose, across restarts. Knows nothing about what the folders hold.
+last was for that purpose, across restarts.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Settings are UI state, so they live in QSettings; the data directory chosen here is applied at the
 next start through LORA_STUDIO_HOME. The torch thread share (0 = automatic) applies at once to this
-process and to training runs started from now on (studio.ml.base.threads). Knows nothing about the panels.
+process and to training runs started from now on (studio.ml.base.threads).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Shows the hardware doctor's verdict, prepares the default base model with a progress bar, offers a
 route to a bigger base model, and starts the sample-dataset demo. All work runs in background
 jobs; this page only displays results, and announces a base model it converted or downloaded on the
-app's ChangeNotifier. Knows nothing about how training or conversion work.
+app's ChangeNotifier.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A job is a plain callable from studio.core / studio.ml. It runs in a QThreadPool worker; its result,
 error, or progress events come back through signals, which Qt delivers on the GUI thread. Widgets
-are never touched from the worker. Knows nothing about what the jobs do.
+are never touched from the worker.
 """
 
 from __future__ import annotations

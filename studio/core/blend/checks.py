@@ -6,7 +6,7 @@ what decides compatibility from the adapter folders alone (adapter_config.json, 
 header, studio.json), and turns a request into a checked `BlendPlan` or a `StudioError` that says
 why not and which methods would work. The GUI can call it on every change of the form.
 
-Knows nothing about torch, peft objects or where the library keeps adapters.
+Imports no torch or peft and loads no weights, so the check is cheap.
 """
 
 from __future__ import annotations

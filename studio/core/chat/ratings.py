@@ -8,7 +8,7 @@ gives the plain maximum-likelihood fit. Ratings are shown on the Elo scale
 replacement, seeded, so the same votes always give the same interval), and win rates carry a
 Wilson score interval. `blind_assignment` randomises which adapter is shown as A and which as B.
 
-Pure Python; knows nothing about the database, adapters or models.
+Pure Python; studio.core.chat.records hands it the outcomes.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ short-lived connection, and writes from this process are serialised by a lock, s
 object can be shared by the GUI thread and workers. `leaderboard(base)` turns the votes of one
 base model into ratings (studio.core.chat.ratings).
 
-Plain sqlite3; knows nothing about models, adapters on disk or Qt.
+Plain sqlite3.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 UTF-8 (with or without a byte-order mark) and BOM-marked UTF-16/32 are read directly. Anything else
 is handed to charset-normalizer, and its answer is accepted only when it is confident (little
-"chaos", some language coherence, and the bytes decode). Files with NUL bytes are binary. This
-module does not know what the text means.
+"chaos", some language coherence, and the bytes decode). Files with NUL bytes are binary.
 """
 
 from __future__ import annotations

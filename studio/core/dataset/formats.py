@@ -3,7 +3,7 @@
 Shapes: OpenAI "messages", ShareGPT "conversations", Alpaca (instruction/input/output),
 prompt/completion, question/answer, and {"text": ...} prose. A shape is decided here for a single
 record; choosing one shape per file (by majority) is the scanner's job. Single-turn shapes become a
-user turn and an assistant turn. This module reads no files and knows no tokenizer.
+user turn and an assistant turn.
 """
 
 from __future__ import annotations

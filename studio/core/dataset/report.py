@@ -1,7 +1,7 @@
 """The dataset report the user reads before training: every file, every skipped line, the totals.
 
 Plain dataclasses with `to_dict()` (for `--json`) and `to_text()` (a human table). The report only
-records what the scanner and the tokenizer step tell it; it reads no files and knows no tokenizer.
+records what the scanner and the tokenizer step tell it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A `Sample` is what a file reader understood of one record (a conversation or a piece of prose), with
 the place it came from. A `TokenizedSample` is the same thing as token ids and labels for one base
-model's tokenizer. This module knows nothing about files, tokenizers or torch.
+model's tokenizer.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ template gets a ChatML-like layout and a warning. Prose is cut into windows of a
 on paragraph boundaries where possible, every token trained, EOS after the document's last token; it
 is tokenized in bounded chunks, so a huge file costs its tokens and no more.
 The first label of every sample is -100 (nothing can predict it), so packed samples never train
-across a boundary. This module knows nothing about files, reports or packing.
+across a boundary.
 """
 
 from __future__ import annotations

@@ -3,13 +3,14 @@
 An adapter folder holds peft's `adapter_config.json`, `adapter_model.safetensors` and, when the
 studio made or imported it, our `studio.json`. `inspect_adapter` checks the config is a LoRA config
 peft understands whose initialisation leaves the base model's weights alone (PiSSA, OLoRA, CorDA,
-LoftQ and LoRA-GA rewrite them when peft attaches the adapter, so they are refused), the weights are a whole safetensors file (never a pickle), the tensor names are
+LoftQ and LoRA-GA rewrite them when peft attaches the adapter, so they are refused), the weights are
+a whole safetensors file (never a pickle), the tensor names are
 LoRA's with ranks matching `r`, and, when the claimed base model can be found, that every LoRA
 matrix fits the base's Linear weight. A folder without `studio.json` gets a manifest inferred from
 its config. `adapter_base` finds the base an adapter records, through the one base resolver
 (studio.core.basemodels); what an export carries is studio.core.library.exported's. Unpacking a .zip
 safely is studio.core.library.archive's job; `find_adapter_root` finds the adapter inside what it
-unpacked. Knows nothing about where the library keeps folders, the trash or ids.
+unpacked.
 """
 
 from __future__ import annotations

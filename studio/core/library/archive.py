@@ -2,7 +2,7 @@
 encrypted, and a zip bomb (a huge expansion ratio or total, or tens of thousands of entries) is
 refused before a byte is written. The caller may unpack only the entries it will use.
 
-Knows nothing about adapters beyond how large one can plausibly be.
+The size limits are set for adapters: no adapter is anywhere near 20 GiB.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """`studio.json`: the studio's own manifest that sits beside peft's files in an adapter folder.
 
-peft's `adapter_config.json` stays exactly as peft wrote it; everything the studio adds (name,
+peft's `adapter_config.json` stays as peft wrote it, but for `base_model_name_or_path`, which names
+the base so that it resolves anywhere (studio.core.basemodels); everything the studio adds (name,
 base fingerprint, hyperparameters, dataset and metrics summaries, lineage, tags, notes) lives here.
 Every field of a studio.json read from disk is type-checked, since users and other tools edit it.
 """

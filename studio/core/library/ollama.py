@@ -8,7 +8,7 @@ bases (the default SmolLM2 is one) the Modelfile carries the TEMPLATE and the st
 Ollama renders turns the way the adapter was trained and stops at `<|im_end|>`.
 
 Also a small parser, so a bundle can be checked for well-formedness without Ollama installed.
-Knows nothing about torch or the library; the smoke test of a bundle lives in studio.ml.
+The smoke test of a bundle is studio.ml.export.merge.export_ollama's.
 """
 
 from __future__ import annotations

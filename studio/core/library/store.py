@@ -6,7 +6,7 @@ or a .zip unpacked by `archive.extract_zip_safely`) and new adapters from traini
 in a hidden staging folder and renamed into place, so a refusal leaves the library untouched.
 Choosing a free name and landing the folder under it happen under the library's name lock (an OS
 lock in the data directory), so processes adding adapters at once never pick the same name.
-Deletion moves folders to `trash/`. Knows nothing about torch, training or how adapters are used.
+Deletion moves folders to `trash/`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Only builds the TrainConfig; the GUI (welcome page) and anyone else run it with the normal engine.
 The settings are the ones the end-to-end test proved learn the sample facts in about 60 steps on
-the default model: a high learning rate, every linear layer, short sequences. Knows nothing about Qt.
+the default model: a high learning rate, every linear layer, short sequences.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Works from a config.json dict alone, in microseconds (a GUI slider calls it on every move); it
 imports neither torch nor Qt and loads no weights. The parameter count and the adapter file size are
 exact (see `studio.core.train.estimator_params`); the memory figure is a model of where the bytes go, made
-of named terms so that the user (and a calibration run) can see each one. Knows nothing about the
-device it will run on: `verdict` compares a prediction with a capacity the caller measured.
+of named terms so that the user (and a calibration run) can see each one. It does not probe the
+device: `verdict` compares a prediction with a capacity the caller measured.
 
 Memory terms, in bytes (b = batch, s = sequence length, h = hidden, i = intermediate, V = vocab,
 L = layers, c = compute dtype bytes (2 for bf16/fp16), P_lin = decoder projection weights,

@@ -12,7 +12,7 @@ projections and a gate/up/down MLP) this module derives every linear layer's sha
   first, then tensors sorted by name, no spaces, padded with spaces to a multiple of 8), then the
   tensor data in the saved dtype (fp32 by default, since peft keeps adapter weights in fp32).
 
-It knows nothing about memory, devices or torch; `studio.core.train.estimator` builds on it. Mixture-of-
+Memory and devices are left to `studio.core.train.estimator`, which builds on it. Mixture-of-
 experts and fused-projection layouts (Phi-3's qkv_proj) are refused rather than guessed.
 """
 

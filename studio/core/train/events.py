@@ -4,7 +4,7 @@ One frozen dataclass per kind (Preparing, RunStarted, Step, Eval, Memory, Sample
 OOMRecovered, Stopped, Finished, Failed). `to_dict()` gives a JSON-able dict with a "type" key;
 `event_from_dict()` and `read_events()` turn metrics.jsonl lines back into the same objects;
 `describe_event()` is the one line a person reads (the CLI's output, the dashboard's log).
-This module knows nothing about torch, the Trainer or Qt: it only describes what happened.
+Plain data, no torch or Qt: it only describes what happened.
 """
 
 from __future__ import annotations

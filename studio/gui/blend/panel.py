@@ -6,7 +6,8 @@ a refusal and the methods that would work show before anything loads. Preview an
 studio.gui.blend.work.BlendWork in a worker, which keeps the loaded parents while the chosen
 adapters stay the same and re-blends only when the recipe changed; Cancel is cooperative. A saved
 blend is announced on the app's ChangeNotifier; the adapter list re-reads itself from every notice
-that touches adapters. Knows nothing about how peft blends, how the library stores adapters, or studio.ml.
+that touches adapters.
+Imports nothing from studio.ml; BlendWork.run does, in the worker.
 """
 
 from __future__ import annotations

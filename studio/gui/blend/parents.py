@@ -2,7 +2,7 @@
 
 Shows a Catalog (studio.gui.blend.work: the library with each adapter's blend facts, headers only).
 Adapters of other bases are hidden behind the base selector; an adapter whose facts could not be
-read is listed greyed with the reason as its tool tip. Knows nothing about blending.
+read is listed greyed with the reason as its tool tip.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 (load the parents, blend, preview, save through studio.ml.blend.weighted.BlendSession) run in workers;
 studio.ml is imported inside `BlendWork.run` only, so the window opens without torch. The rest is
 small pure helpers the panel calls on the GUI thread: the check text, parent references, names.
-Knows nothing about Qt and widgets, about how peft blends, or how the library stores adapters.
+Plain Python, no Qt.
 """
 
 from __future__ import annotations

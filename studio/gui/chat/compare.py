@@ -6,8 +6,6 @@
 mode keeps two and shuffles their bindings into A and B with `rng` (studio.core.chat.ratings); a vote
 goes to studio.db (studio.core.chat.records), is announced and reveals the names; a session (panes, settings,
 messages) is reopened from the database; transcripts render as Markdown or JSON.
-
-Knows nothing about the chat engine or workers.
 """
 
 from __future__ import annotations

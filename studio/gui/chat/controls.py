@@ -3,7 +3,7 @@
 `SettingsBar` edits the sampling settings every pane shares (a fair comparison: same seed, same
 settings) and hands them over as a plain dict of studio.ml.chat.generation.GenerationSettings fields (the
 worker builds the dataclass, so this module imports nothing from studio.ml). `VoteBar` offers A / B /
-tie / both bad and says what was recorded. Knows nothing about models, panes or the database.
+tie / both bad and says what was recorded.
 """
 
 from __future__ import annotations

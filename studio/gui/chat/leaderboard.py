@@ -5,8 +5,6 @@ studio.db: Bradley-Terry rating on the Elo scale with its 95% bootstrap interval
 Wilson interval, wins / losses / ties and the number of votes (studio.core.chat.records + ratings). The
 ratings are computed in a worker, again after every notice of votes cast, adapters (their names) or
 base models changed. `SessionsView` lists the saved chat sessions to reopen or delete.
-
-Knows nothing about models or the chat engine.
 """
 
 from __future__ import annotations

@@ -5,8 +5,6 @@ slider each (a blend felt at chat time, nothing written; "Open in Blend" hands t
 Blend panel). It keeps its own conversation for follow-ups, shows tokens as they arrive (buffered:
 the panel flushes every pane on a ~10 Hz timer) and the tokens/s of the answer. In a blind
 comparison its binding is hidden behind a letter until the names are revealed.
-
-Knows nothing about the chat engine, workers or the records database.
 """
 
 from __future__ import annotations

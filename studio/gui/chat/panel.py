@@ -11,7 +11,7 @@ live in studio.gui.chat.compare; the Prompt sets, Leaderboard and Sessions tabs 
 The adapters the panes offer and the base models are re-read after every notice of the app's
 ChangeNotifier that touches them (a run, a blend, an import, a delete, the CLI); votes are announced.
 
-Imports studio.ml only inside worker functions. Knows nothing about how answers are generated.
+Imports studio.ml only inside worker functions.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ shown blind, A and B in a random order drawn from an injectable `random.Random`,
 tie, both bad) is stored (and announced on the app's ChangeNotifier) and the names revealed before
 moving on to the next unvoted pair.
 
-Knows nothing about the chat engine or workers; the panel runs the set.
+The panel runs the set; this tab shows the answers and stores the votes.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ to several adapters into a live blend (`ChatEngine.set_adapter_weights`, nothing
 reports what happens as small frozen event dataclasses that the GUI thread applies to the panes.
 Stopping is cooperative through `stop` (checked between tokens by the engine).
 
-Plain Python: imports studio.ml only inside its methods, and knows nothing about Qt or widgets.
+Plain Python, no Qt; studio.ml is imported only inside its methods.
 """
 
 from __future__ import annotations

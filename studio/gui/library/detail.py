@@ -3,8 +3,8 @@
 Shows an AdapterEntry from studio.core.library.store and edits only what the library lets a user edit
 (name, tags, notes), through the library's own methods; each edit is announced on the app's
 ChangeNotifier, so the table and every other screen re-read it. Actions that belong to other panels (chat,
-compare, continue training, export) are signals; the main window routes them. Knows nothing about
-training or chat.
+compare, continue training, export) are signals; the main window routes them. The loss curve is read
+from the run's metrics.jsonl (studio.core.train.events).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ needs and has, and runs studio.gui.library.export_formats.run_export in a worker
 cooperative Cancel. The back end smoke-tests every export (GGUF files are read back instead); the
 dialog shows the probe prompt and the answer when done; a smaller adapter it adds to the library is
 announced on the app's ChangeNotifier. The formats themselves are described in
-studio.gui.library.export_formats. Knows nothing about studio.ml or how merging and exporting work.
+studio.gui.library.export_formats. It imports nothing from studio.ml; run_export does, in the worker.
 """
 
 from __future__ import annotations

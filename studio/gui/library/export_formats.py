@@ -5,7 +5,7 @@ format is called, what it writes, which precisions it takes and how much disk it
 runs in a worker and calls studio.ml.export.library_export (or studio.ml.export.gguf / studio.ml.blend.resize),
 imported inside it only, so the window opens without torch; it hands back an ExportOutcome whose
 summary says in words how the back end's smoke test (or GGUF read-back) went.
-Knows nothing about Qt and widgets, or about how merging and exporting work.
+Plain Python, no Qt.
 """
 
 from __future__ import annotations

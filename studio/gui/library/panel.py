@@ -5,7 +5,6 @@ GUI thread. Each import, delete and restore is announced on the app's ChangeNoti
 re-reads itself from every notice that touches adapters (whoever made the change, the CLI included).
 The selected adapter's details live in studio.gui.library.detail; actions that belong to other
 panels (chat, compare, continue training, export) are re-emitted as signals for the main window.
-Knows nothing about how adapters are validated or stored.
 """
 
 from __future__ import annotations

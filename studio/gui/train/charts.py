@@ -4,7 +4,7 @@ Curves are created once; incoming figures are appended to plain lists and the pl
 a ~10 Hz timer, so a fast stream of events never floods the GUI thread (pyqtgraph's
 scrollingPlots pattern, with clip-to-view and peak downsampling for long runs). The timer only
 runs while something is dirty, and `stop()` ends it for good. `LossOverlay` draws several runs'
-loss curves on one plot for comparison. Knows nothing about where the figures come from.
+loss curves on one plot for comparison.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Shows one studio.core.train.estimator Estimate: trainable parameters, adapter file size, and predicted
 peak memory as a bar against the device's memory, coloured fits / tight / won't fit, with the
-largest terms of the prediction. Knows nothing about how the estimate is made or when; the settings
-page (studio.gui.train.wizard_settings) re-estimates on every change and calls `show_estimate`.
+largest terms of the prediction. The settings page (studio.gui.train.wizard_settings) re-estimates on
+every change and calls `show_estimate`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ sample generations and the log. Stop and Pause both ask the engine to stop at th
 boundary, which leaves a complete checkpoint; Resume starts a new job with
 `TrainConfig(resume=run_id)`. A failed run shows its reason and hint and leaves the panel usable.
 A run's start and its end (with the adapter it published) are announced on the app's ChangeNotifier.
-Knows nothing about how training works beyond the events and RunResult.
+studio.ml is imported only inside the worker job, so the window opens without torch.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ studio.core.train.runs.list_runs reads the runs in a worker (interrupted, runnin
 An interrupted, stopped or failed run can be resumed from its last checkpoint. The list is re-read
 after every notice of the app's ChangeNotifier about runs; a checkpoint saved as an adapter is announced.
 The widget lists runs, overlays the selected runs' smoothed loss, diffs two runs' settings and
-asks the panel to resume one; InterruptedRunBanner offers the newest interrupted run at start. Knows nothing about how training runs.
+asks the panel to resume one; InterruptedRunBanner offers the newest interrupted run at start.
 """
 
 from __future__ import annotations

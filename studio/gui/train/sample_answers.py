@@ -1,7 +1,7 @@
 """The dashboard's table of sample answers: what the model answers to the probe prompts, step by step.
 
 One row per studio.core.train.events.Sample, with the answer's text wrapped to the column width, so the
-user watches the answers change as the run trains. Knows nothing about training.
+user watches the answers change as the run trains.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `TrainWizard(data, folder=..., base=..., parent_adapter=...)` collects a TrainConfig (the adapter's
 tags included); the caller reads `config()` once it is accepted (the Train panel starts the run). The pages live
 in wizard_data (folder, report, sample browser) and wizard_settings (base, method, preset, advanced
-settings, live estimate). Knows nothing about running the training.
+settings, live estimate).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The folder is scanned off the GUI thread (studio.core.dataset.scan_folder). The report becomes a
 per-file table and totals; a sample browser renders samples through the base model's chat template
 (its tokenizer is loaded in a worker) and paints the tokens that take loss green. A folder with no
-usable sample keeps the page incomplete and says why. Knows nothing about training settings.
+usable sample keeps the page incomplete and says why.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ Every change of the rank slider, sequence length, micro batch, targets, method o
 re-runs studio.core.train.estimator.estimate (pure Python, well under a millisecond) on the GUI thread and
 hands it to the estimate panel (studio.gui.train.estimate_panel, the "rank dial"), with each preset's
 predicted memory beside its button. The device and the list of base models are found in workers.
-Knows nothing about the data folder or how training runs.
 """
 
 from __future__ import annotations

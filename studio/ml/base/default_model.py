@@ -5,7 +5,6 @@ once into `$LORA_STUDIO_HOME/models/SmolLM2-135M-Instruct` as safetensors with i
 chat template, and never convert again. `resolve_base` is the base resolver for whoever loads a base
 (training, chat, the wizard, checkpoint saving): studio.core.basemodels' resolver, with the default
 converted on its first use.
-Knows nothing about adapters or training.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Retained energy = sum of kept squared singular values / sum of all, per module a
 
 The new adapter keeps its parent's base, targets and dataset summary; its lineage names the parent
 and a "resize" recipe. Plain LoRA only: DoRA, trained embeddings, modules_to_save and per-module
-rank/alpha patterns are refused. Knows nothing about Qt; `should_stop` is checked between modules.
+rank/alpha patterns are refused. `should_stop` is checked between modules.
 """
 
 from __future__ import annotations

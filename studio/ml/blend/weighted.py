@@ -15,7 +15,7 @@ Two traps of peft 0.21.2's `add_weighted_adapter` are handled here, never silent
   with scaling 1 (config and layers), and the scaling is verified.
 
 peft's call is one atomic step: `should_stop` is honoured between stages, not inside the SVDs.
-Knows nothing about Qt; the GUI runs these calls in a worker thread.
+The GUI runs these calls in a worker thread.
 """
 
 from __future__ import annotations

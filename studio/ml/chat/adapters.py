@@ -8,8 +8,7 @@ studio.ml.base.loading.attach_adapter), and picks the chat template each adapter
 the base's), warning when that is not the template it was trained with. `blend` makes a live,
 weighted "cat" combination (exact, scaling 1) under a temporary name, without writing anything.
 
-Not thread-safe on its own: the chat engine calls it under its lock. Knows nothing about
-generation, events or Qt.
+Not thread-safe on its own: the chat engine calls it under its lock.
 """
 
 from __future__ import annotations

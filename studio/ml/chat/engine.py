@@ -11,7 +11,7 @@ or weights are merged; then they run one after the other. `set_adapter_weights` 
 
 Every call is an iterator of typed events (see studio.ml.chat.generation) fed by a worker thread that
 owns the model while it runs; `should_stop` cancels between tokens. Meant for one GUI worker thread
-or the CLI; calls from several threads are serialised. Knows nothing about Qt or the records database.
+or the CLI; calls from several threads are serialised.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ mistaken for a stop, `RowStreamer` turns the token ids of a (possibly
 batched) `generate` into per-row text deltas, and `StopRequested` cancels it.
 
 Importing this module does not import torch (the GUI may build settings on its own thread).
-Knows nothing about adapters, peft or where models live.
 """
 
 from __future__ import annotations

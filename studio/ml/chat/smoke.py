@@ -5,8 +5,6 @@ loaded back and asked a probe prompt through its chat template, greedily, and it
 the end-of-turn token within `max_new_tokens`. The endless or garbled output people report after
 exporting with other tools is exactly what this catches. The check is a plain function of the
 answer, so a test (or a caller with a model that never learned to stop) can pass its own.
-
-Knows nothing about files, the library or how the model was made.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 An adapter that raises the perplexity of plain prose a lot has overwritten general ability along
 with learning the user's data. The text is studio/resources/general_text.txt (written for the studio, a
 few KB). Both numbers come from the same loaded model (the adapter switched off, then on), so a
-quantized base is compared with itself. Knows nothing about training or the library.
+quantized base is compared with itself.
 """
 
 from __future__ import annotations

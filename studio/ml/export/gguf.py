@@ -17,7 +17,7 @@ Tensors are streamed one at a time (tensor infos first, then data; studio.ml.exp
 model never sits in memory whole; files are written beside the destination and renamed into place.
 Every file is read back with gguf's reader (every tensor's name and shape, the key metadata) before
 it is reported done.
-Cannot run llama.cpp itself. Knows nothing about the library or Qt.
+Cannot run llama.cpp itself.
 """
 
 from __future__ import annotations

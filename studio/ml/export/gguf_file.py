@@ -3,8 +3,8 @@
 `write_planned` writes the tensor infos first and then each tensor's data, made one at a time by its
 `PlannedTensor.make`, into a temp file that is fsynced and renamed over the destination, so a big
 model never sits in memory whole and a failed write leaves nothing behind. `verify_planned` reads
-the file back with gguf's reader. Knows nothing about llama, adapters or the library; used by
-studio.ml.export.gguf.
+the file back with gguf's reader. The Llama specifics are in
+studio.ml.export.gguf_llama; used by studio.ml.export.gguf.
 """
 
 from __future__ import annotations

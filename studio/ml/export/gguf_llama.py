@@ -14,7 +14,7 @@ else gets "default" and a warning (the caller may name the right one instead).
 llama.cpp's RoPE pairs the rows of q_proj and k_proj differently from Hugging Face, so its converter
 permutes those rows (`permute_rows`); `unpermute_rows` undoes it.
 
-Knows nothing about adapters, files being written or where they go. SentencePiece tokenizers are refused.
+SentencePiece tokenizers are refused.
 """
 
 from __future__ import annotations

@@ -6,8 +6,6 @@ result is loaded back with plain peft and must answer the probe prompt and stop 
 an export that fails is removed again and reported as failed. What an export carries names no
 path of the user's (studio.core.library.exported). GGUF LoRAs go to
 studio.ml.export.gguf, which reads its file back and checks it instead (llama.cpp is not run).
-
-Knows nothing about Qt or argument parsing.
 """
 
 from __future__ import annotations

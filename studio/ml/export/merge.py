@@ -7,7 +7,7 @@ config whose EOS includes the end-of-turn token) into a staging folder. The stag
 loaded back and must answer a probe prompt and stop at end of turn before the folder is renamed
 into place. Every step reports a `StageProgress` and checks `should_stop`.
 
-Knows nothing about the library (see studio.ml.export.library_export) or about Qt.
+Works on folders; library ids are studio.ml.export.library_export's.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ the caller's `on_event`. `StudioCallback` hooks on_step_end / on_log / on_evalua
 Step (loss, lr, grad norm, tokens/s, MFU, ETA), Memory, Sample (greedy answers to probe prompts),
 Eval (tracking the best eval loss, saving a checkpoint at each new best, early stopping),
 Checkpoint (marked complete, old ones pruned), slow-step Warnings, and the cooperative stop.
-Knows nothing about how the model was loaded or where the adapter goes afterwards.
 """
 
 from __future__ import annotations

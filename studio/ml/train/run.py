@@ -8,7 +8,7 @@ to publish_adapter, which puts the best adapter in the library. Out of memory ha
 from the last complete checkpoint; at micro batch 1 the run fails with advice. A resumed run whose
 last checkpoint is its final step only publishes; one whose adapter is already in the library (a
 kill between publishing and recording it) only completes its record (studio.core.train.published).
-Every outcome (finished, stopped, failed) releases the model. Knows nothing about Qt or the command line.
+Every outcome (finished, stopped, failed) releases the model.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ logging every step, evaluation / checkpoints every N steps (rotation is the stud
 studio.core.train.checkpoints), no reporting integrations. `StudioTrainer` counts the real (non-padding) tokens
 and samples of each micro batch, calls a hook before each training step (the test-only OOM
 injection), and computes the loss through the LM head only where there are labels
-(studio.ml.train.label_only_loss) for the model families that allow it. Knows nothing about events, the library or where the data came from.
+(studio.ml.train.label_only_loss) for the model families that allow it.
 """
 
 from __future__ import annotations
