@@ -3,6 +3,8 @@
 `StudioError(message, hint)` carries a message that says what was wrong and what to do.
 `disk_full_as_message(path, doing)` wraps any write: an ENOSPC / EDQUOT OSError inside becomes
 "Could not DOING: the disk is full (N MB free at PATH)."; other OSErrors pass through unchanged.
+`is_disk_full` also knows the other shapes a full disk takes in the libraries the studio writes through
+(torch's serializer, safetensors), which raise RuntimeErrors that never say "disk".
 """
 
 from __future__ import annotations
@@ -26,8 +28,25 @@ class StudioError(Exception):
         super().__init__(f"{message} {hint}".strip())
 
 
+# How a full disk reads when it reaches us through a library instead of as an OSError: torch.save's C++
+# writer ("PytorchStreamWriter failed writing file data/0: file write failed") and safetensors' Rust
+# I/O error ("No space left on device" / StorageFull).
+_DISK_FULL_TEXTS = ("no space left on device", "storagefull", "disk quota exceeded",
+                    "pytorchstreamwriter failed writing file")
+
+
 def is_disk_full(err: BaseException) -> bool:
-    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+    """Whether `err`, or an error it was raised from, is the disk (or the user's quota) being full."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return True
+        if not isinstance(current, OSError) and any(text in str(current).lower() for text in _DISK_FULL_TEXTS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def disk_full_error(path: Path | str, doing: str) -> StudioError:

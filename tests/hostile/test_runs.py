@@ -384,3 +384,38 @@ def test_sigkills_at_random_moments_leave_one_adapter_a_finished_record_and_no_l
     assert leftovers(studio_home) == [], f"seed {seed}"
     print(f"seed {seed}: {kills} kills over {len(summaries)} runs ({unrecorded} between publishing and "
           f"recording), a whole run {span:.2f} s")
+
+
+def test_a_full_disk_while_saving_a_checkpoint_says_so_and_keeps_the_last_one(chats, tiny_base_dir, studio_home,
+                                                                               monkeypatch):
+    """torch.save raising its serializer's error stands in for a full disk (no disk fills up here)."""
+    import torch
+
+    from studio.ml.train.run import run_training
+
+    real_save = torch.save
+
+    def save_on_a_full_disk(obj, f, *args, **kwargs):
+        if "checkpoint-4" in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
+                               "writing file data/0: file write failed")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    config = tiny_config(chats, tiny_base_dir, max_steps=6, keep_checkpoints=5)
+    events: list = []
+    result = run_training(config, studio_home, on_event=events.append)
+    assert result.status == "failed"
+    failed = events[-1]
+    assert isinstance(failed, ev.Failed)
+    assert "the disk is full" in failed.message and "MB free at" in failed.message, failed.message
+    assert "resume" in failed.hint.lower()
+    run = RunDir.existing(studio_home, result.run_id)
+    assert checkpoints.kept_steps(run) == [2], "the last complete checkpoint stays"
+    assert [p.name for p in run.checkpoint_folders()] == ["checkpoint-2"], "the half-written one is gone"
+    assert Path(failed.checkpoint).name == "checkpoint-2"
+
+    monkeypatch.setattr(torch, "save", real_save)  # space again: the run resumes from step 2 and finishes
+    resumed = run_training(TrainConfig(resume=result.run_id), studio_home)
+    assert resumed.status == "finished", resumed
+    assert [e.manifest.name for e in AdapterLibrary(studio_home).list()] == ["k15"]

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from studio.core.errors import StudioError
+from studio.core.errors import StudioError, disk_full_error, is_disk_full
 from studio.core.library.store import AdapterEntry, AdapterLibrary, slugify
 from studio.core.paths import DataDir
 from studio.core.progress import ShouldStop, StageProgress
@@ -166,6 +166,12 @@ class _Run:
                         outcome = ("oom", str(err).splitlines()[0][:200] if str(err) else "out of memory", "")
                     elif isinstance(err, StudioError):
                         outcome = ("error", err.message, err.hint)
+                    elif is_disk_full(err):
+                        checkpoints.remove_incomplete(self.run_dir)  # the half-written one: space back, never trusted
+                        full = disk_full_error(self.run_dir.path, f"save the run's checkpoint after step "
+                                                                  f"{self.tracker.step}")
+                        outcome = ("error", full.message, "Free some space, then resume the run: it goes on from "
+                                                          "its last complete checkpoint, which is intact.")
                     else:
                         log.exception("Training failed")
                         outcome = ("error", f"Training failed: {type(err).__name__}: {err}",
