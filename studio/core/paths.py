@@ -62,7 +62,9 @@ def default_home() -> Path:
 
 def data_dir(root: Path | str | None = None) -> DataDir:
     """The data directory (created if missing); a path that cannot be one raises StudioError."""
-    data = DataDir(Path(root).expanduser() if root is not None else default_home())
+    # Absolute, so that what is recorded from it (a base under models/, a run's folder) means the same
+    # from any working directory.
+    data = DataDir(Path(root).expanduser().resolve() if root is not None else default_home())
     try:
         with disk_full_as_message(data.root, f"create the data directory {data.root}"):
             return data.ensure()

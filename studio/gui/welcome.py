@@ -119,10 +119,10 @@ class WelcomePage(QWidget):
                   on_error=lambda err, details: self.machine_label.setText(f"Could not probe the device: {err}"),
                   parent=self)
         start_job(lambda emit: self._cached_models(), on_done=self._show_cache, parent=self)
-        from studio.ml.base.default_model import is_converted  # cheap: no torch at module level
+        from studio.ml.base.default_model import default_model_dir, is_converted  # cheap: no torch at import
 
         if is_converted(self.data):
-            self._model_ready(self.data.models / "SmolLM2-135M-Instruct")
+            self._model_ready(default_model_dir(self.data))
 
     def _cached_models(self) -> list[str]:
         from studio.core.basemodels import hf_cache_models

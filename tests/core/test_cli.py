@@ -123,3 +123,11 @@ def test_the_registry_refuses_two_verbs_with_one_name():
         index((first, second))
     with pytest.raises(TypeError):
         VERBS["list"] = first.verbs[0]  # type: ignore[index]  # built once, read-only
+
+
+def test_a_relative_home_is_made_absolute(tmp_path, monkeypatch):
+    from studio.core.paths import data_dir
+
+    monkeypatch.chdir(tmp_path)
+    data = data_dir("sd")
+    assert data.root == tmp_path.resolve() / "sd" and data.models.is_absolute()

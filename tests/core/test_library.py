@@ -363,3 +363,14 @@ def test_an_import_records_its_base_by_what_finds_it_from_anywhere(lib: AdapterL
     assert entry.manifest.base_model == str(tmp_path / "work" / "localbase")
     monkeypatch.chdir(tmp_path)
     assert lib.get(entry.id).warnings == []  # its base is still found, from elsewhere
+
+
+def test_an_adapter_restored_while_its_name_is_taken_comes_back_under_a_free_one(lib: AdapterLibrary,
+                                                                                  peft_adapter: Path):
+    first = lib.import_path(peft_adapter)
+    trash_id = lib.delete(first.id)
+    lib.import_path(peft_adapter)  # a new "pirate-voice" while the first waits in the trash
+    restored = lib.restore(trash_id)
+    assert restored.id == first.id and restored.manifest.name == "pirate-voice (2)"
+    assert sorted(e.manifest.name for e in lib.list()) == ["pirate-voice", "pirate-voice (2)"]
+    assert lib.get("pirate-voice (2)").id == first.id

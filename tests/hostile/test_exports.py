@@ -124,3 +124,18 @@ def test_the_export_naming_rule_rewrites_paths_and_nothing_else():
     untouched = ["HuggingFaceTB/SmolLM2-135M-Instruct", "see https://huggingface.co/docs/peft", "1/2 and/or 3",
                  ".*\\.q_proj", "<|im_end|></s>", "cuda:0", "a / b", "/"]
     assert [naming.text(t) for t in untouched] == untouched
+
+
+def test_an_export_keeps_module_patterns_as_peft_wrote_them(tmp_path):
+    """Regex target modules and rank patterns are module names, not paths: `(\\d+)` keeps its backslash."""
+    from studio.core.library.exported import ExportNaming
+
+    config = {"peft_type": "LORA", "r": 8, "base_model_name_or_path": "/home/ann/models/mybase",
+              "target_modules": "model\\.layers\\.(\\d+)\\.self_attn\\.(q_proj|v_proj)",
+              "rank_pattern": {"^model\\.layers\\.(\\d+)\\.mlp": 4}, "alpha_pattern": {"(\\w+)_proj": 8},
+              "exclude_modules": ["\\(lm_head\\)"]}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
+    exported = json.loads(ExportNaming("mybase").adapter_config(tmp_path))
+    assert exported["base_model_name_or_path"] == "mybase"
+    for field in ("target_modules", "rank_pattern", "alpha_pattern", "exclude_modules"):
+        assert exported[field] == config[field], field

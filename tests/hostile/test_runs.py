@@ -301,6 +301,14 @@ def test_a_torn_last_line_of_the_record_does_not_swallow_the_next_event(tmp_path
     assert ev.read_events(path) == [ev.Stopped(step=2, checkpoint=None), ev.Stopped(step=3, checkpoint=None)]
 
 
+
+def test_a_line_torn_inside_a_character_spoils_only_itself(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    torn = ev.event_to_json(ev.Stopped(step=2, checkpoint="caf\u00e9 \u2026")).encode("utf-8")
+    cut = torn.index("\u2026".encode()) + 1  # a short write ended inside the three bytes of "…"
+    path.write_bytes(torn[:cut] + b"\n" + (ev.event_to_json(ev.Stopped(step=3, checkpoint=None)) + "\n").encode())
+    assert ev.read_events(path) == [ev.Stopped(step=3, checkpoint=None)]
+
 # ---------------------------------------------------------------- run ids are names inside runs/
 
 

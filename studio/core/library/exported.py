@@ -32,6 +32,11 @@ _ABSOLUTE = re.compile(r"""(?P<lead>^|[\s"'`(\[{=:,])(?P<path>(?:~|[A-Za-z]:)?[/
                        r"""|\\\\[^\\\s"'`]+\\[^\s"'`<>|,;)\]}]*)""")
 
 
+# adapter_config.json fields that name modules (by name or regex): copied as they are.
+_MODULE_PATTERN_FIELDS = frozenset({"target_modules", "exclude_modules", "modules_to_save", "rank_pattern",
+                                    "alpha_pattern", "layers_pattern", "layers_to_transform", "target_parameters",
+                                    "trainable_token_indices"})
+
 _PATH_ENDS = r"(?=$|[/\\\s\"'`,;:)\]}])"  # a known folder, not the start of a longer name
 
 
@@ -76,8 +81,10 @@ class ExportNaming:
 
     def adapter_config(self, folder: Path) -> str:
         """The folder's adapter_config.json naming the base by `base_name` (how plain peft's
-        AutoPeftModel finds it); everything else as peft wrote it, less any path."""
-        config = self.value(json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8")))
+        AutoPeftModel finds it); everything else as peft wrote it, less any path. Module names and
+        patterns are regexes, never paths: rewritten, `(\\d+)` would lose its backslash."""
+        raw = json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))
+        config = {key: value if key in _MODULE_PATTERN_FIELDS else self.value(value) for key, value in raw.items()}
         config["base_model_name_or_path"] = self.base_name
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
 

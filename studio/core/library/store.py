@@ -181,11 +181,10 @@ class AdapterLibrary:
                               f"{', '.join(e.id for e in matches)}.", hint="Use the id instead of the name.")
         return matches[0]
 
-    def _names(self) -> set[str]:
-        return {e.manifest.name for e in self.list()}
-
-    def _unique_name(self, name: str) -> str:
-        taken, candidate, n = self._names(), name, 2
+    def _unique_name(self, name: str, *, besides: str | None = None) -> str:
+        """`name`, or `name (2)`, `name (3)`, ... when another adapter (not `besides`) is called that."""
+        taken = {e.manifest.name for e in self.list() if e.id != besides}
+        candidate, n = name, 2
         while candidate in taken:
             candidate, n = f"{name} ({n})", n + 1
         return candidate
@@ -418,15 +417,21 @@ class AdapterLibrary:
             raise StudioError(f"Nothing called {trash_id!r} is in the trash.",
                               hint="Run `lora-studio restore` without an argument to list the trash.")
         final = self.data.adapters / _check_id(original)
-        if final.exists():
-            raise StudioError(f"Cannot restore {trash_id!r}: an adapter with the same id ({original}) is already "
-                              "in the library.", hint=f"Delete or export {original} first, then restore again.")
-        os.replace(holder / "adapter", final)
-        shutil.rmtree(holder, ignore_errors=True)
-        try:
-            return self._entry(final)
-        except StudioError as err:
-            raise StudioError(f"Restored {original}, but it is not a usable adapter: {err}") from err
+        with self._names_held():  # the name it comes back under may have been taken since the delete
+            if final.exists():
+                raise StudioError(f"Cannot restore {trash_id!r}: an adapter with the same id ({original}) is "
+                                  "already in the library.", hint=f"Delete or export {original} first, then restore.")
+            os.replace(holder / "adapter", final)
+            shutil.rmtree(holder, ignore_errors=True)
+            try:
+                entry = self._entry(final)
+            except StudioError as err:
+                raise StudioError(f"Restored {original}, but it is not a usable adapter: {err}") from err
+            unique = self._unique_name(entry.manifest.name, besides=entry.id)
+            if unique != entry.manifest.name:
+                log.info("Restoring %s as %r: its name is taken", original, unique)
+                entry = self._update(entry.id, lambda m: setattr(m, "name", unique))
+            return entry
 
     def empty_trash(self, older_than_days: float | None = None) -> int:
         """Delete trashed adapters for good (only those older than N days if given). Returns how many."""

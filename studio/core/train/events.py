@@ -228,17 +228,18 @@ def append_event(path: Path, event: Event) -> None:
 
 
 def read_events(path: Path | str) -> list[Event]:
-    """Every event in a metrics.jsonl; a torn last line (a killed process) is skipped."""
+    """Every event in a metrics.jsonl; a torn line (a killed process, a full disk) is skipped."""
     events: list[Event] = []
     path = Path(path)
     if not path.exists():
         return events
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    # Lines are decoded one by one: a line torn inside a multi-byte character spoils only itself.
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
-            events.append(event_from_dict(json.loads(line)))
-        except (ValueError, TypeError) as err:
+            events.append(event_from_dict(json.loads(raw.decode("utf-8"))))
+        except (ValueError, TypeError) as err:  # UnicodeDecodeError is a ValueError
             log.warning("%s:%d is not a readable event (%s); skipped", path, number, err)
     return events
 

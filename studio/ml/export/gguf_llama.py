@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.core.errors import StudioError
+from studio.ml.base.loading import chat_template_text
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def add_bpe_vocab(writer, folder: Path, vocab_size: int, pre_tokenizer: str | No
     probe = tokenizer("a")["input_ids"]
     special.add_special_token["bos"] = bool(probe) and probe[0] == tokenizer.bos_token_id
     special.add_special_token["eos"] = bool(probe) and len(probe) > 1 and probe[-1] == tokenizer.eos_token_id
-    if special.chat_template is None and isinstance(tokenizer.chat_template, str):
-        special.chat_template = tokenizer.chat_template
+    if special.chat_template is None:  # the config files carried none: the one template rule decides
+        special.chat_template = chat_template_text(tokenizer) or None
     special.add_to_gguf(writer, quiet=True)
     return warnings
