@@ -38,13 +38,16 @@ SHAPE_KEYS = (
     "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings",
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-# The default base's shape (SHAPE_KEYS), so estimates work before it is converted on first use;
-# a test checks it against the converted model.
+# The default base's shape (SHAPE_KEYS, plus its positions), so estimates and the preflight work before
+# it is converted on first use; a test checks it against the converted model. Positions are not a
+# SHAPE_KEY: those make the fingerprint, and adapters record it.
 DEFAULT_BASE_SHAPE = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
     "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
-    "vocab_size": 49152, "tie_word_embeddings": True,
+    "vocab_size": 49152, "tie_word_embeddings": True, "max_position_embeddings": 8192,
 }
+# The default base's Linear layer names (what explicit targets may name); the same test checks them.
+DEFAULT_BASE_LINEAR = ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj")
 
 
 def hub_id(base_id: str, source: str) -> str | None:

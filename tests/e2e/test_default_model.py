@@ -30,13 +30,22 @@ def test_conversion_is_complete_and_done_once(default_base_dir: Path):
 
 
 def test_the_known_default_shape_matches_the_converted_model(default_base_dir: Path):
-    """Estimates before the first conversion use DEFAULT_BASE_SHAPE: it must be the real model's."""
-    from studio.core.basemodels import DEFAULT_BASE_SHAPE, SHAPE_KEYS, base_config, read_config
+    """Estimates and the preflight before the first conversion use DEFAULT_BASE_SHAPE and DEFAULT_BASE_LINEAR:
+    they must be the real model's."""
+    from studio.core.basemodels import (
+        DEFAULT_BASE_LINEAR,
+        DEFAULT_BASE_SHAPE,
+        SHAPE_KEYS,
+        base_config,
+        read_config,
+    )
     from studio.core.paths import DataDir
+    from studio.core.train.preflight import linear_names
 
     config = read_config(default_base_dir)
-    assert set(DEFAULT_BASE_SHAPE) == set(SHAPE_KEYS)
-    assert {key: config.get(key) for key in SHAPE_KEYS} == DEFAULT_BASE_SHAPE
+    assert set(DEFAULT_BASE_SHAPE) == {*SHAPE_KEYS, "max_position_embeddings"}
+    assert {key: config.get(key) for key in DEFAULT_BASE_SHAPE} == DEFAULT_BASE_SHAPE
+    assert linear_names(default_base_dir) == set(DEFAULT_BASE_LINEAR)  # what the preflight lets targets name
     assert base_config(DataDir(default_base_dir.parents[1]), None) == config  # once converted, the real one
 
 

@@ -112,3 +112,16 @@ def test_bad_arguments_leave_no_failed_run_behind(extra: list[str], expected: st
 def test_a_missing_data_folder_leaves_no_failed_run_behind(tiny_home, tmp_path: Path, capsys):
     assert "does not exist" in refused(capsys, "train", str(tmp_path / "nowhere"), "--base", "tiny-llama")
     assert no_runs(tiny_home.root)
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--seq-len", "100000"], "seq_len 100000 is longer than the 8192 positions"),
+    (["--seq-len", "64", "--targets", "q_proj,foo_proj"], "no linear layers called foo_proj"),
+])
+def test_bad_arguments_on_the_unconverted_default_base_leave_no_run_behind(extra: list[str], expected: str,
+                                                                         folder: Path, studio_home, capsys):
+    """A fresh home: the default base is not converted yet, and its known shape still refuses these."""
+    assert not (studio_home.models / "SmolLM2-135M-Instruct").exists()
+    assert expected in refused(capsys, "train", str(folder), *extra)
+    assert no_runs(studio_home.root)
+    assert not (studio_home.models / "SmolLM2-135M-Instruct").exists(), "refused before converting it"

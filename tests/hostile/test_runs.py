@@ -10,7 +10,9 @@ studio's own logging and events.
 
 from __future__ import annotations
 
+import errno
 import gc
+import io
 import json
 import logging
 import os
@@ -427,3 +429,77 @@ def test_a_full_disk_while_saving_a_checkpoint_says_so_and_keeps_the_last_one(ch
     resumed = run_training(TrainConfig(resume=result.run_id), studio_home)
     assert resumed.status == "finished", resumed
     assert [e.manifest.name for e in AdapterLibrary(studio_home).list()] == ["k15"]
+
+
+class _FillingDisk(io.RawIOBase):
+    """A file on a disk that fills up when told: writes then fail with ENOSPC, as the OS's would."""
+
+    def __init__(self, path: Path, disk: dict[str, bool]) -> None:
+        self.real, self.disk = open(path, "ab", buffering=0), disk  # noqa: SIM115 - closed in close()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.real.write(data)
+
+    def close(self) -> None:
+        self.real.close()
+        super().close()
+
+
+def test_a_full_disk_while_writing_events_ends_the_run_with_the_message_and_lets_the_run_go(
+        chats, tiny_base_dir, studio_home, monkeypatch):
+    """metrics.jsonl on a disk that fills up after step 2 stands in for a full disk (no disk fills up
+    here): the Step event, the Failed event and the close's flush all fail, as they would."""
+    from studio.core.train import run_lock
+    from studio.ml.train import callbacks
+    from studio.ml.train.run import run_training
+
+    disk = {"full": False}
+    monkeypatch.setattr(callbacks, "open_for_append", lambda path: io.TextIOWrapper(
+        io.BufferedWriter(_FillingDisk(path, disk)), encoding="utf-8"))
+
+    def fill_after_step_2(event: ev.Event) -> None:
+        if isinstance(event, ev.Step) and event.step == 2:
+            disk["full"] = True
+
+    result = run_training(tiny_config(chats, tiny_base_dir, max_steps=6), studio_home, on_event=fill_after_step_2)
+    assert result.status == "failed"
+    assert "the disk is full" in result.message and "MB free at" in result.message, result.message
+    assert "progress after step 2" in result.message, result.message  # not "checkpoint": none was being saved
+    assert "resume" in result.hint.lower()
+    run = RunDir.existing(studio_home, result.run_id)
+    assert run_lock.holder(run) is None
+    run_lock.acquire(run)  # the run was let go: it can be taken again (a resume)
+    run_lock.release(run)
+
+
+def test_a_full_disk_while_publishing_says_it_was_copying_the_adapter(chats, tiny_base_dir, studio_home,
+                                                                      monkeypatch):
+    """shutil.copy2 raising ENOSPC for the adapter's weights stands in for a full disk (no disk fills up here)."""
+    import shutil
+
+    from studio.ml.train.run import run_training
+
+    real_copy = shutil.copy2
+
+    def copy_on_a_full_disk(src, dst, *args, **kwargs):
+        if Path(src).name == "adapter_model.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copy2", copy_on_a_full_disk)
+    events: list = []
+    result = run_training(tiny_config(chats, tiny_base_dir), studio_home, on_event=events.append)
+    assert result.status == "failed"
+    assert isinstance(events[-1], ev.Failed) and events[-1].message == result.message
+    assert "the disk is full" in result.message and "library" in result.message, result.message
+    assert "checkpoint after step" not in result.message
+    assert AdapterLibrary(studio_home).list() == []
+
+    monkeypatch.setattr(shutil, "copy2", real_copy)  # space again: the resume only publishes
+    resumed = run_training(TrainConfig(resume=result.run_id), studio_home)
+    assert resumed.status == "finished", resumed

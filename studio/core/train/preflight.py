@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from studio.core.basemodels import DEFAULT_BASE_ID, read_config, resolve_base_model, tensor_infos
+from studio.core.basemodels import (
+    DEFAULT_BASE_ID,
+    DEFAULT_BASE_LINEAR,
+    DEFAULT_BASE_SHAPE,
+    read_config,
+    resolve_base_model,
+    tensor_infos,
+)
 from studio.core.checks import check_fits_positions
 from studio.core.errors import StudioError
 from studio.core.paths import DataDir
@@ -32,21 +39,24 @@ def check_before_run(config: TrainConfig, data: DataDir) -> None:
     except StudioError:
         if not default:
             raise
-        base = None  # the default base is converted on its first run; its shape is known to fit
-    if base is not None:
-        label = repr(config.base or base.id)
-        check_fits_positions("seq_len", config.seq_len, read_config(base.path), label)
-        if not isinstance(config.targets, str):
-            _check_targets(config.targets, base.path, label)
+        base = None  # the default base is converted on its first run: check against its known shape
+    label = repr(config.base or (base.id if base is not None else DEFAULT_BASE_ID))
+    check_fits_positions("seq_len", config.seq_len, read_config(base.path) if base else DEFAULT_BASE_SHAPE, label)
+    if not isinstance(config.targets, str):
+        _check_targets(config.targets, linear_names(base.path) if base else set(DEFAULT_BASE_LINEAR), label)
     if config.parent_adapter:
         from studio.core.library.store import AdapterLibrary
 
         AdapterLibrary(data).get(config.parent_adapter)  # raises "No adapter called ..." with a hint
 
 
-def _check_targets(targets: tuple[str, ...], base_path: Path, label: str) -> None:
-    linear = {name.removesuffix(".weight").rsplit(".", 1)[-1] for name, info in tensor_infos(base_path).items()
-              if name.endswith(".weight") and len(info.shape) == 2 and "embed" not in name and "lm_head" not in name}
+def linear_names(base_path: Path) -> set[str]:
+    """The names of the base's Linear layers (the last part of each 2-D weight's name), from its headers."""
+    return {name.removesuffix(".weight").rsplit(".", 1)[-1] for name, info in tensor_infos(base_path).items()
+            if name.endswith(".weight") and len(info.shape) == 2 and "embed" not in name and "lm_head" not in name}
+
+
+def _check_targets(targets: tuple[str, ...], linear: set[str], label: str) -> None:
     missing = sorted(set(targets) - linear)
     if missing:
         raise StudioError(f"targets: base model {label} has no linear layers called {', '.join(missing)}.",

@@ -125,6 +125,7 @@ class _Run:
         self.oom_at_step = int(os.environ.get(OOM_TEST_ENV) or 0)
         self.max_steps = 0
         self.phase = "preparing"
+        self.disk_full = False  # a full disk has ended this run (its message is the one to keep)
         self.quant = self.config.quant  # what the base is actually loaded with (see _load_base)
 
     def _resumable_config(self) -> TrainConfig:
@@ -151,6 +152,8 @@ class _Run:
             except StudioError as err:
                 return self._fail(err.message, err.hint)
             except Exception as err:
+                if is_disk_full(err):
+                    return self._fail(*self._disk_full())
                 log.exception("Preparing the run failed")
                 return self._fail(f"Preparing the run failed: {type(err).__name__}: {err}",
                                   "Check the dataset report and the base model.")
@@ -167,11 +170,7 @@ class _Run:
                     elif isinstance(err, StudioError):
                         outcome = ("error", err.message, err.hint)
                     elif is_disk_full(err):
-                        checkpoints.remove_incomplete(self.run_dir)  # the half-written one: space back, never trusted
-                        full = disk_full_error(self.run_dir.path, f"save the run's checkpoint after step "
-                                                                  f"{self.tracker.step}")
-                        outcome = ("error", full.message, "Free some space, then resume the run: it goes on from "
-                                                          "its last complete checkpoint, which is intact.")
+                        outcome = ("error", *self._disk_full())
                     else:
                         log.exception("Training failed")
                         outcome = ("error", f"Training failed: {type(err).__name__}: {err}",
@@ -197,9 +196,30 @@ class _Run:
                     raise KeyboardInterrupt
                 return self._fail(message, hint)
         finally:
-            self.emit.close()
-            run_lock.release(self.run_dir)
-            model_loading.free_memory()
+            try:
+                self.emit.close()  # on a full disk its buffered last lines cannot be flushed: raises again
+            except OSError:
+                log.exception("Could not close the events of run %s", self.run_id)
+            finally:
+                run_lock.release(self.run_dir)
+                model_loading.free_memory()
+
+    def _disk_full(self) -> tuple[str, str]:
+        """The message and hint for a full disk, saying what the run was doing when it struck."""
+        self.disk_full = True
+        removed = checkpoints.remove_incomplete(self.run_dir)  # a half-written one: space back, never trusted
+        if self.phase == "finishing":
+            doing = "copy the trained adapter into the library"
+        elif self.phase == "training":
+            doing = (f"save the run's checkpoint after step {self.tracker.step}" if removed
+                     else f"record the run's progress after step {self.tracker.step}")
+        else:
+            doing = "prepare the run"
+        full = disk_full_error(self.run_dir.path, doing)
+        if self.phase in ("training", "finishing"):
+            return full.message, ("Free some space, then resume the run: it goes on from its last complete "
+                                  "checkpoint, which is intact.")
+        return full.message, full.hint
 
     def _record_published(self, entry: AdapterEntry) -> RunResult:
         finished = published.finished_event(entry)
@@ -224,7 +244,16 @@ class _Run:
 
     def _fail(self, message: str, hint: str) -> RunResult:
         last = checkpoints.last_complete(self.run_dir)
-        self.emit(Failed(step=self.tracker.step, message=message, hint=hint, checkpoint=str(last) if last else None))
+        try:
+            self.emit(Failed(step=self.tracker.step, message=message, hint=hint,
+                             checkpoint=str(last) if last else None))
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            # The event is lost (the run reads as interrupted, which resumes the same way); the result says why.
+            log.warning("Could not record that run %s failed, the disk is full: %s", self.run_id, message)
+            if not self.disk_full:  # the failure was another one: the full disk is what the user must fix first
+                message, hint = self._disk_full()
         return self._result("failed", checkpoint=last, message=message, hint=hint)
 
     def _result(self, status: str, **extra: Any) -> RunResult:
