@@ -4,8 +4,9 @@
 is missing, a base model that cannot be found, a seq_len beyond the base's positions, explicit
 targets the base has no Linear layer for, and a --continue adapter not in the library. It reads
 config.json and safetensors headers only; the default base before its first conversion is checked
-against its known shape (studio.core.basemodels.DEFAULT_BASE_SHAPE, DEFAULT_BASE_LINEAR). The loaded model remains the final word on targets
-(studio.ml.base.loading.resolve_targets); this is the same rule on the headers, early.
+against its known shape (studio.core.basemodels.DEFAULT_BASE_SHAPE, DEFAULT_BASE_LINEAR). The loaded
+model remains the final word on targets (studio.ml.base.loading.resolve_targets); this is the same
+rule on the headers, early.
 """
 
 from __future__ import annotations
