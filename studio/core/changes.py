@@ -72,6 +72,19 @@ class Changes:
                 mine + theirs if isinstance(mine, int) and not isinstance(mine, bool) else mine or theirs)
         return Changes(**merged)
 
+    def without(self, known: Changes) -> Changes:
+        """This notice less what `known` already said. An id `known` names in any adapter (run) field is
+        dropped from every adapter (run) field: a look at the disk reads the app's restore as an adapter
+        added and its finished run as a run updated. The trash's change goes when `known` touched the trash."""
+        adapters = frozenset().union(known.adapters_added, known.adapters_edited, known.adapters_deleted,
+                                     known.adapters_restored)
+        runs = frozenset().union(known.runs_started, known.runs_stopped, known.runs_finished, known.runs_updated)
+        kept = {f.name: getattr(self, f.name) - (adapters if f.name.startswith("adapters_") else runs)
+                for f in fields(self) if f.name.startswith(("adapters_", "runs_"))}
+        return Changes(**kept, votes_cast=max(self.votes_cast - known.votes_cast, 0),
+                       base_models_added=frozenset(self.base_models_added) - frozenset(known.base_models_added),
+                       trash_changed=self.trash_changed and not known.trash)
+
 
 def _mtime(path: Path) -> float:
     try:

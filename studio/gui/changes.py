@@ -5,7 +5,7 @@ calls `announce(Changes(...))` once when it is done, and every screen that shows
 refreshes from the `changed` signal. `DataDirWatcher` turns what another process (the CLI) did to the
 data directory into the same notice: it watches adapters/, trash/, runs/ and models/ (debounced) and
 takes another look when the application becomes active again; what the app announced itself is not
-announced twice. `Reload` runs a panel's reading in a worker, one at a time, so that a burst of
+announced twice, and what another process did meanwhile is still announced. `Reload` runs a panel's reading in a worker, one at a time, so that a burst of
 notices ends in one up-to-date view and an older reading never paints over a newer one.
 """
 
@@ -44,6 +44,7 @@ class DataDirWatcher(QObject):
         super().__init__(parent)
         self.data, self.notifier = data, notifier
         self.seen = DiskState.read(data)
+        self.unannounced = Changes()  # seen on disk when the app announced something else, not yet told
         self._announcing = False
         self.timer = QTimer(self, singleShot=True, interval=DEBOUNCE_MS)
         self.timer.timeout.connect(self.look)
@@ -62,16 +63,21 @@ class DataDirWatcher(QObject):
         if state == Qt.ApplicationState.ApplicationActive and self.fs.directories():
             self.timer.start()  # the user may have used the CLI meanwhile
 
-    def _announced(self, _changes: Changes) -> None:
-        """The app said what it did: that is on disk now and is no news when the folder event comes."""
+    def _announced(self, changes: Changes) -> None:
+        """The app said what it did: that is on disk now and is no news when the folder event comes. What
+        else changed since the last look (the CLI, meanwhile) is kept for the next look to announce."""
         if not self._announcing:
-            self.seen = DiskState.read(self.data)
+            now = DiskState.read(self.data)
+            self.unannounced |= now.changes_since(self.seen).without(changes)
+            self.seen = now
+            if self.unannounced:
+                self.timer.start()
 
     def look(self) -> Changes:
         """Compare the data directory with the last look; announce what differs. Returns it (for tests)."""
         now = DiskState.read(self.data)
-        changes = now.changes_since(self.seen)
-        self.seen = now
+        changes = self.unannounced | now.changes_since(self.seen)
+        self.seen, self.unannounced = now, Changes()
         self._announcing = True
         try:
             self.notifier.announce(changes)

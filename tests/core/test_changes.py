@@ -43,3 +43,15 @@ def test_a_look_at_the_data_directory_tells_what_another_process_did(studio_home
     later = DiskState.read(studio_home).changes_since(middle)
     assert later.adapters_edited == {kept.id} and later.adapters_deleted == {gone.id} and later.trash_changed
     assert later.runs_updated == {"20260101-000000-run"} and not later.adapters_added
+
+
+def test_a_notice_less_what_the_app_said_keeps_only_the_news():
+    """What a look at the disk reads the app's own operations as is dropped; what another process did stays."""
+    on_disk = Changes(adapters_added={"restored", "from-cli"}, adapters_deleted={"cli-deleted"},
+                      runs_started={"cli-run"}, runs_updated={"app-run"}, base_models_added={"m", "cli-m"},
+                      trash_changed=True)
+    app = Changes(adapters_restored={"restored"}, runs_finished={"app-run"}, base_models_added={"m"}, votes_cast=1)
+    assert on_disk.without(app) == Changes(adapters_added={"from-cli"}, adapters_deleted={"cli-deleted"},
+                                           runs_started={"cli-run"}, base_models_added={"cli-m"})
+    assert not on_disk.without(on_disk) and Changes(votes_cast=2).without(Changes(votes_cast=1)).votes_cast == 1
+    assert Changes(trash_changed=True).without(Changes(votes_cast=1)).trash_changed

@@ -136,3 +136,27 @@ def test_the_cli_renaming_an_adapter_shows_when_the_app_is_active_again(qtbot, q
     qtbot.waitUntil(lambda: window.library_panel.table.item(0, 0).text() == "after", timeout=SHOWN_MS)
     qtbot.waitUntil(lambda: window.chat_panel.panes[0].names.get(entry.id) == "after", timeout=SHOWN_MS)
     assert [(n.adapters_edited, n.adapters_added) for n in notices] == [({entry.id}, frozenset())]  # once
+
+
+def test_a_cli_change_is_announced_when_the_app_announces_something_else_first(qtbot, studio_home, adapter_folders):
+    """The CLI deletes an adapter and, before the folder event's debounce ends, the user votes: the vote's
+    notice must not swallow the delete (the library would list the adapter for good)."""
+    from studio.core.changes import Changes
+    from studio.gui.changes import ChangeNotifier, DataDirWatcher
+
+    library = AdapterLibrary(studio_home)
+    gone = library.import_path(adapter_folders["imported"], name="x")
+    own = library.import_path(adapter_folders["imported"], name="mine")
+    notifier = ChangeNotifier()
+    watcher = DataDirWatcher(studio_home, notifier)
+    notices: list[Changes] = []
+    notifier.changed.connect(notices.append)
+    library.delete(gone.id)  # what `lora-studio delete` does in another process
+    notifier.announce(Changes(votes_cast=1))  # no event loop ran: the debounce has not fired
+    library.delete(own.id)  # the app's own delete, announced: no news when the folder event comes
+    notifier.announce(Changes(adapters_deleted={own.id}))
+    qtbot.waitUntil(lambda: len(notices) == 3, timeout=SHOWN_MS)
+    assert notices[2] == Changes(adapters_deleted={gone.id}, trash_changed=True)
+    qtbot.wait(2 * 300)  # the folder events of both deletes end in no further notice
+    assert len(notices) == 3 and not watcher.look()
+    watcher.stop()
