@@ -270,10 +270,39 @@ def test_bases_the_adapters_record_outside_models_are_offered_by_their_ids(studi
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     made = make_tiny_adapter(tiny_base_dir, tmp_path / "made", base_name="someone/tiny-chat")
     AdapterLibrary(studio_home).add_new(made, AdapterManifest(id="", name="cached", base_model="someone/tiny-chat"))
-    entries, bases = scan(studio_home)
+    entries, bases, base_of = scan(studio_home)
     fingerprint = inspect_base_model(tiny_base_dir).fingerprint
     assert ("someone/tiny-chat", fingerprint) in bases
-    assert [e.name for e in entries if fits(e, "someone/tiny-chat", fingerprint)] == ["cached"]
+    assert [e.name for e in entries if fits(e, "someone/tiny-chat", fingerprint, base_of)] == ["cached"]
+
+
+def test_an_adapter_without_a_fingerprint_is_offered_for_the_base_it_names_only(studio_home, tiny_base_dir, tmp_path):
+    """Two bases with the same folder name under different owners: an adapter that records one of them (by
+    id or by its folder's path) and no fingerprint is offered for that one, not for its namesake; one whose
+    base is not here is offered for no base but the exact id it records."""
+    import dataclasses
+    import shutil
+
+    from studio.core.library.manifest import AdapterManifest, write_manifest
+    from studio.core.library.store import AdapterLibrary
+    from studio.gui.chat.compare import fits
+    from studio.gui.chat.panel import scan
+
+    for owner in ("orgA", "orgB"):
+        shutil.copytree(tiny_base_dir, studio_home.models / f"{owner}--Llama-3-8B")
+    library = AdapterLibrary(studio_home)
+    recorded = {"by id": "orgA/Llama-3-8B", "by path": str(studio_home.models / "orgA--Llama-3-8B"),
+                "elsewhere": "orgC/Llama-3-8B"}
+    for name, base in recorded.items():
+        made = make_tiny_adapter(tiny_base_dir, tmp_path / name, base_name=base)
+        entry = library.add_new(made, AdapterManifest(id="", name=name, base_model=base))
+        write_manifest(entry.path, dataclasses.replace(entry.manifest, base_fingerprint=""))  # an older studio's
+    entries, bases, base_of = scan(studio_home)
+    assert len(entries) == 3 and all(not e.manifest.base_fingerprint for e in entries)
+    offered = {b: sorted(e.name for e in entries if fits(e, b, f, base_of)) for b, f in bases}
+    assert offered["orgA/Llama-3-8B"] == ["by id", "by path"] and offered["orgB/Llama-3-8B"] == []
+    assert "orgC/Llama-3-8B" not in offered and [e.name for e in entries if fits(e, "orgC/Llama-3-8B", "", base_of)] \
+        == ["elsewhere"]
 
 
 def test_the_default_models_first_conversion_shows_its_progress(studio_home, tiny_base_dir, monkeypatch):

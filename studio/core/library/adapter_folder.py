@@ -289,6 +289,15 @@ def base_claims(manifest: AdapterManifest, config: dict[str, Any]) -> list[str]:
     return [c for c in dict.fromkeys((manifest.base_model, str(config.get("base_model_name_or_path") or ""))) if c]
 
 
+def first_base_found(data: DataDir, claims: list[str]) -> BaseLocation | None:
+    """The first of an adapter's `base_claims` the base resolver finds here, or None."""
+    for claim in claims:
+        found = locate_base(data, claim)
+        if found is not None:
+            return found
+    return None
+
+
 def adapter_base(data: DataDir, folder: Path, manifest: AdapterManifest) -> BaseLocation:
     """Where the base model an adapter was trained on is, found from what it records (`base_claims`).
 
@@ -302,10 +311,9 @@ def adapter_base(data: DataDir, folder: Path, manifest: AdapterManifest) -> Base
         raise StudioError(f"{name!r} does not say which base model it was trained on.",
                           hint=f"Set base_model in {fix} to the base's folder (full path), studio id or "
                                "Hugging Face repo id, then try again.")
-    for claim in claims:
-        found = locate_base(data, claim)
-        if found is not None:
-            return found
+    found = first_base_found(data, claims)
+    if found is not None:
+        return found
     missing = base_not_found(data, claims[0])
     raise StudioError(f"{name!r} was trained on a base that is not here. {missing.message}",
                       hint=f"Set base_model in {fix} to the base's full folder path (or its studio id or "

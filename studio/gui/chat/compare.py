@@ -10,6 +10,7 @@ messages) is reopened from the database; transcripts render as Markdown or JSON.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,13 @@ from studio.gui.error_dialog import show_error
 MIN_PANES, MAX_PANES = 2, 4
 
 
-def fits(entry: Any, base_id: str, fingerprint: str) -> bool:
-    """Whether a library entry was made on this base (by fingerprint when both are known, else by name)."""
+def fits(entry: Any, base_id: str, fingerprint: str, base_of: Mapping[str, str]) -> bool:
+    """Whether a library entry was made on this base: by fingerprint when both are known, else by the id
+    the base resolver gave the base it records (`base_of`, from studio.gui.chat.panel.scan)."""
     claimed = entry.manifest.base_fingerprint
     if claimed and fingerprint:
         return claimed == fingerprint
-    return Path(entry.manifest.base_model or "").name.replace("--", "/") in (base_id, Path(base_id).name)
+    return base_of.get(entry.id, entry.manifest.base_model) == base_id
 
 
 class ComparisonMixin:
@@ -40,6 +42,7 @@ class ComparisonMixin:
 
     panes: list[ChatPane]
     entries: list
+    base_of: dict[str, str]
     assignment: dict[str, str]
     session_id: str | None
     engine_job: str | None
@@ -125,7 +128,7 @@ class ComparisonMixin:
             ids.append(BASE if ids[0] != BASE else ids[0])
         named = [self._entry(i) for i in ids if i != BASE]
         if named:  # the base the adapters were trained on
-            base = next((b for b, f in self.bases.items() if fits(named[0], b, f)), None)
+            base = next((b for b, f in self.bases.items() if fits(named[0], b, f, self.base_of)), None)
             if base is not None and base != self.base_id():
                 self.base_combo.setCurrentIndex(self.base_combo.findData(base))
                 self._update_choices()

@@ -63,24 +63,40 @@ log = logging.getLogger(__name__)
 SHUTDOWN_WAIT_S = 15.0
 
 
-def scan(data: DataDir) -> tuple[list, list[tuple[str, str]]]:
-    """Runs in a worker: library entries, and (id, fingerprint) of the bases in models/ (+ the default)
-    and of those the adapters record elsewhere (the Hugging Face cache, a folder) that are here."""
-    from studio.core.basemodels import folder_fingerprint, locate_base, studio_models
+def scan(data: DataDir) -> tuple[list, list[tuple[str, str]], dict[str, str]]:
+    """Runs in a worker: library entries; (id, fingerprint) of the bases in models/ (+ the default) and of
+    those the adapters record elsewhere (the Hugging Face cache, a folder) that are here; and each adapter's
+    base id as the one base resolver finds it (what it records, when that base is not here)."""
+    from studio.core.basemodels import DEFAULT_BASE_HUB_ID, folder_fingerprint, studio_models
+    from studio.core.library.adapter_folder import base_claims, first_base_found, read_adapter_config
     from studio.core.library.store import AdapterLibrary
 
     bases = [(m.id, m.fingerprint) for m in studio_models(data)]
     if DEFAULT_BASE_ID not in {b for b, _ in bases}:
         bases.append((DEFAULT_BASE_ID, ""))  # converted on first use
+    known = {b for b, _ in bases}
     entries = AdapterLibrary(data).list()
-    for ref in dict.fromkeys(e.manifest.base_model for e in entries if e.manifest.base_model):
-        found = locate_base(data, ref)
-        if found is not None and found.id not in {b for b, _ in bases}:
-            try:
-                bases.append((found.id, folder_fingerprint(found.path)))
-            except StudioError as err:
-                log.info("Base %s is not usable in chat: %s", found.id, err)
-    return entries, bases
+    base_of: dict[str, str] = {}
+    located: dict[tuple[str, ...], str] = {}  # many adapters share a base: resolve each claim list once
+    for entry in entries:
+        try:
+            claims = tuple(base_claims(entry.manifest, read_adapter_config(entry.path, repr(entry.name))))
+        except StudioError:
+            claims = (entry.manifest.base_model,) if entry.manifest.base_model else ()
+        if claims not in located:
+            found = first_base_found(data, list(claims))
+            if found is None:  # not here: the default is converted on first use, else only the exact id
+                located[claims] = DEFAULT_BASE_ID if DEFAULT_BASE_HUB_ID in claims else claims[0] if claims else ""
+            else:
+                located[claims] = found.id
+                if found.id not in known:
+                    known.add(found.id)
+                    try:
+                        bases.append((found.id, folder_fingerprint(found.path)))
+                    except StudioError as err:
+                        log.info("Base %s is not usable in chat: %s", found.id, err)
+        base_of[entry.id] = located[claims]
+    return entries, bases, base_of
 
 
 class ChatPanel(ComparisonMixin, QWidget):
@@ -96,6 +112,7 @@ class ChatPanel(ComparisonMixin, QWidget):
         self.work = ChatWork(data)
         self.entries: list = []
         self.bases: dict[str, str] = {}  # base id -> fingerprint ("" until known)
+        self.base_of: dict[str, str] = {}  # adapter id -> the id of the base it records (see scan)
         self.panes: list[ChatPane] = []
         self.blind, self.revealed, self.voted = False, False, False
         self.assignment: dict[str, str] = {}  # "A"/"B" -> ref while blind
@@ -198,14 +215,14 @@ class ChatPanel(ComparisonMixin, QWidget):
         if not self._closing:
             show_error(self, err, details)
 
-    def _fill(self, result: tuple[list, list[tuple[str, str]]]) -> None:
+    def _fill(self, result: tuple[list, list[tuple[str, str]], dict[str, str]]) -> None:
         if self._closing:
             return
-        self.entries, bases = result
+        self.entries, bases, self.base_of = result
         keep = self.base_combo.currentData()
         if keep is None:  # first fill: the default base if it has adapters, else one that has
             keep = QSettings().value(BASE_MODEL_KEY, DEFAULT_BASE_ID, type=str)
-            used = [b for b, f in bases if any(fits(e, b, f) for e in self.entries)]
+            used = [b for b, f in bases if any(fits(e, b, f, self.base_of) for e in self.entries)]
             keep = keep if keep in used or not used else used[0]
         self.bases = dict(bases)
         self.base_combo.clear()
@@ -228,7 +245,7 @@ class ChatPanel(ComparisonMixin, QWidget):
 
     def choices(self) -> list[tuple[str, str]]:
         base = self.base_id()
-        return [(e.name, e.id) for e in self.entries if fits(e, base, self.bases.get(base, ""))]
+        return [(e.name, e.id) for e in self.entries if fits(e, base, self.bases.get(base, ""), self.base_of)]
 
     def _update_choices(self) -> None:
         choices = self.choices()
