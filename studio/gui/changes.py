@@ -3,10 +3,12 @@
 `ChangeNotifier` is the one QObject the main window owns and hands to every panel: an operation
 calls `announce(Changes(...))` once when it is done, and every screen that shows what changed
 refreshes from the `changed` signal. `DataDirWatcher` turns what another process (the CLI) did to the
-data directory into the same notice: it watches adapters/, trash/, runs/ and models/ (debounced) and
-takes another look when the application becomes active again; what the app announced itself is not
-announced twice, and what another process did meanwhile is still announced. `Reload` runs a panel's reading in a worker, one at a time, so that a burst of
-notices ends in one up-to-date view and an older reading never paints over a newer one.
+data directory into the same notice: it watches adapters/ and each adapter's folder (a rename rewrites
+the studio.json inside it), trash/, runs/ and models/ (debounced), and takes another look when the
+application becomes active again; what the app announced itself is not announced twice, and what
+another process did meanwhile is still announced. `Reload` runs a panel's reading in a worker, one at
+a time, so that a burst of notices ends in one up-to-date view and an older reading never paints over
+a newer one.
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ class DataDirWatcher(QObject):
         self._announcing = False
         self.timer = QTimer(self, singleShot=True, interval=DEBOUNCE_MS)
         self.timer.timeout.connect(self.look)
-        folders = [data.adapters, data.trash, data.runs, data.models]
-        for folder in folders:
+        self.folders = [data.adapters, data.trash, data.runs, data.models]
+        for folder in self.folders:
             folder.mkdir(parents=True, exist_ok=True)
-        self.fs = QFileSystemWatcher([str(f) for f in folders], self)
+        self.stopped = False
+        self.fs = QFileSystemWatcher([str(f) for f in self.folders], self)
         self.fs.directoryChanged.connect(lambda _path: self.timer.start())
+        self._watch_adapter_folders()
         notifier.changed.connect(self._announced)
         app = QGuiApplication.instance()
         self._listening = isinstance(app, QGuiApplication)
@@ -60,8 +64,18 @@ class DataDirWatcher(QObject):
             app.applicationStateChanged.connect(self._state_changed)
 
     def _state_changed(self, state: Qt.ApplicationState) -> None:
-        if state == Qt.ApplicationState.ApplicationActive and self.fs.directories():
+        if state == Qt.ApplicationState.ApplicationActive and not self.stopped:
             self.timer.start()  # the user may have used the CLI meanwhile
+
+    def _watch_adapter_folders(self) -> None:
+        """Watch each adapter's own folder as well: a rename or a tag replaces the studio.json inside it,
+        which changes nothing in adapters/ itself."""
+        wanted = {str(f) for f in self.data.adapters.iterdir() if f.is_dir() and not f.name.startswith(".")}
+        watched = set(self.fs.directories()) - {str(f) for f in self.folders}
+        if wanted - watched:
+            self.fs.addPaths(sorted(wanted - watched))
+        if watched - wanted:
+            self.fs.removePaths(sorted(watched - wanted))
 
     def _announced(self, changes: Changes) -> None:
         """The app said what it did: that is on disk now and is no news when the folder event comes. What
@@ -70,6 +84,8 @@ class DataDirWatcher(QObject):
             now = DiskState.read(self.data)
             self.unannounced |= now.changes_since(self.seen).without(changes)
             self.seen = now
+            if changes.adapters and not self.stopped:
+                self._watch_adapter_folders()
             if self.unannounced:
                 self.timer.start()
 
@@ -78,6 +94,8 @@ class DataDirWatcher(QObject):
         now = DiskState.read(self.data)
         changes = self.unannounced | now.changes_since(self.seen)
         self.seen, self.unannounced = now, Changes()
+        if changes.adapters and not self.stopped:
+            self._watch_adapter_folders()
         self._announcing = True
         try:
             self.notifier.announce(changes)
@@ -87,6 +105,7 @@ class DataDirWatcher(QObject):
 
     def stop(self) -> None:
         """No more looks (the window closes); stopping twice is harmless."""
+        self.stopped = True
         self.timer.stop()
         if self.fs.directories():
             self.fs.removePaths(self.fs.directories())

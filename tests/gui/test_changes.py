@@ -123,18 +123,35 @@ def test_every_change_shows_up_in_every_screen_at_once(qtbot, window, studio_hom
     wait_shown(qtbot, window, {trained, blended, *from_cli})
 
 
-def test_the_cli_renaming_an_adapter_shows_when_the_app_is_active_again(qtbot, qapp, window, studio_home,
-                                                                        adapter_folders):
-    """A rename rewrites a manifest inside the adapter's folder: no folder event says so, so the window
-    takes another look when the application becomes active again (the user comes back from the terminal)."""
+def test_the_cli_renaming_or_tagging_an_adapter_shows_while_the_app_stays_inactive(qtbot, qapp, window,
+                                                                                   studio_home, adapter_folders):
+    """A rename or a tag rewrites the manifest inside the adapter's own folder: the watch covers each
+    adapter folder too, so the window follows without waiting to become the active application."""
     entry = AdapterLibrary(studio_home).import_path(adapter_folders["imported"], name="before")  # seen by the watch
     qtbot.waitUntil(lambda: window.library_panel.table.rowCount() == 1, timeout=SHOWN_MS)
     notices = []
     window.changes.changed.connect(notices.append)
     AdapterLibrary(studio_home).rename(entry.id, "after")  # what `lora-studio rename` does
-    qapp.applicationStateChanged.emit(Qt.ApplicationState.ApplicationActive)
     qtbot.waitUntil(lambda: window.library_panel.table.item(0, 0).text() == "after", timeout=SHOWN_MS)
     qtbot.waitUntil(lambda: window.chat_panel.panes[0].names.get(entry.id) == "after", timeout=SHOWN_MS)
+    assert [(n.adapters_edited, n.adapters_added) for n in notices] == [({entry.id}, frozenset())]  # once
+    AdapterLibrary(studio_home).tag(entry.id, add=["from-cli"])  # what `lora-studio tag` does
+    qtbot.waitUntil(lambda: len(notices) == 2, timeout=SHOWN_MS)
+    assert notices[1].adapters_edited == {entry.id}
+
+
+def test_the_cli_renaming_an_adapter_shows_when_the_app_is_active_again(qtbot, qapp, window, studio_home,
+                                                                        adapter_folders):
+    """Where folder events do not arrive (a network drive), the window looks again when the application
+    becomes active (the user comes back from the terminal)."""
+    entry = AdapterLibrary(studio_home).import_path(adapter_folders["imported"], name="before")  # seen by the watch
+    qtbot.waitUntil(lambda: window.library_panel.table.rowCount() == 1, timeout=SHOWN_MS)
+    window.watcher.fs.removePaths(window.watcher.fs.directories())  # no folder events from here on
+    notices = []
+    window.changes.changed.connect(notices.append)
+    AdapterLibrary(studio_home).rename(entry.id, "after")
+    qapp.applicationStateChanged.emit(Qt.ApplicationState.ApplicationActive)
+    qtbot.waitUntil(lambda: window.library_panel.table.item(0, 0).text() == "after", timeout=SHOWN_MS)
     assert [(n.adapters_edited, n.adapters_added) for n in notices] == [({entry.id}, frozenset())]  # once
 
 
