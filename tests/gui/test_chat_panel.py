@@ -320,3 +320,20 @@ def test_the_default_models_first_conversion_shows_its_progress(studio_home, tin
     assert ChatWork(studio_home).base(DEFAULT_BASE_ID, seen.append).path == tiny_base_dir
     assert seen == [EngineLoading(DEFAULT_BASE_ID, "Preparing the default model (first use only, 25%): "
                                                    "Dequantizing the weights…")]
+
+
+def test_a_pane_whose_adapter_is_deleted_says_it_now_answers_with_the_base(qtbot, studio_home, library):
+    from studio.core.changes import Changes
+    from studio.core.library.store import AdapterLibrary
+    from studio.gui.changes import ChangeNotifier
+
+    changes = ChangeNotifier()
+    panel = make_panel(qtbot, studio_home, changes=changes)
+    panel.open_comparison([library["alpha"], "base"])
+    qtbot.waitUntil(lambda: panel.panes[0].binding().ref == library["alpha"], timeout=20_000)
+    AdapterLibrary(studio_home).delete(library["alpha"])
+    changes.announce(Changes(adapters_deleted=frozenset({library["alpha"]})))
+    qtbot.waitUntil(lambda: library["alpha"] not in {ref for _, ref in panel.choices()}, timeout=20_000)
+    assert panel.panes[0].binding().ref == "base"
+    assert "alpha left the library" in panel.status.text() and "base model" in panel.status.text()
+    close(qtbot, panel)

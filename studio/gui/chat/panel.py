@@ -249,9 +249,18 @@ class ChatPanel(ComparisonMixin, QWidget):
 
     def _update_choices(self) -> None:
         choices = self.choices()
+        offered = {ref for _, ref in choices}
+        gone = []
         for pane in self.panes:
+            before = pane.binding()
+            name = pane.display_name()
             pane.set_choices(choices)
+            if not before.is_blend and before.ref not in (BASE, *offered):
+                gone.append(name)
         self.prompt_sets.set_choices([("Base model", BASE), *choices])
+        if gone:  # never switch a pane to the base without a word: the user would compare base with base
+            self.status.setText(f"{', '.join(sorted(set(gone)))} left the library (deleted or on another "
+                                "base): its pane answers with the base model now.")
 
     def _base_changed(self) -> None:
         self._update_choices()
