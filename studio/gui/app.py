@@ -18,7 +18,7 @@ from studio.core.paths import RESOURCES_DIR, data_dir
 
 EXIT_AFTER_SHOWN_ENV = "LORA_STUDIO_EXIT_AFTER_SHOWN"
 SHOWN_MARKER = "LORA_STUDIO_WINDOW_SHOWN"
-
+log = logging.getLogger(__name__)
 
 def setup_logging(log_dir) -> None:
     handler = RotatingFileHandler(log_dir / "studio.log", maxBytes=2_000_000, backupCount=3, encoding="utf-8")
@@ -50,10 +50,14 @@ def run_gui(argv: list[str]) -> int:
     chosen_home = settings.value(DATA_DIR_KEY, "", type=str)
     data = data_dir(chosen_home) if chosen_home and not os.environ.get("LORA_STUDIO_HOME") else data_dir()
     setup_logging(data.logs)
-    remove_leftovers(data)  # what killed processes left; a live one's work folders are locked and kept
     from studio.gui.main_window import MainWindow
+    from studio.gui.workers import start_job
 
     window = MainWindow(data)
+    # What killed processes left (a live one's work folders are locked and kept): hundreds of MB to
+    # delete at worst, so in a worker, never between the double-click and the window.
+    start_job(lambda emit: remove_leftovers(data), parent=window,
+              on_error=lambda err, details: log.warning("Could not remove leftovers: %s", err))
     from studio.gui.error_dialog import install_excepthook
 
     install_excepthook(lambda: window)
